@@ -1,0 +1,478 @@
+"""Safe, lazy reads of model weights.
+
+Every format is opened behind one interface, :class:`WeightSource`: list tensor names, shapes and
+dtypes without reading data, and read one tensor without reading the others. Pickled checkpoints
+are only ever loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import struct
+import zipfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from nwa.errors import (
+    CorruptWeightsError,
+    LayerNotFoundError,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+)
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": getattr(torch, "float8_e4m3fn", torch.uint8),
+    "F8_E5M2": getattr(torch, "float8_e5m2", torch.uint8),
+}
+_MAX_HEADER = 100 * 1024 * 1024
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+LORA_FILE_NAMES = (
+    "pytorch_lora_weights.safetensors",
+    "adapter_model.safetensors",
+    "pytorch_lora_weights.bin",
+    "adapter_model.bin",
+)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape and dtype of one tensor, known without reading its data."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class WeightSource(ABC):
+    """A model's tensors, read lazily. Use as a context manager, or call :meth:`close`."""
+
+    path: Path
+
+    @abstractmethod
+    def infos(self) -> Mapping[str, TensorInfo]:
+        """Every tensor's :class:`TensorInfo`, in layout order (see :meth:`names`)."""
+
+    @abstractmethod
+    def _read(self, name: str) -> torch.Tensor:
+        """Read one tensor known to exist."""
+
+    def names(self) -> list[str]:
+        """Tensor names in layout order: the model's module order when the file records it."""
+        return list(self.infos())
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self.infos()[name]
+        except KeyError:
+            raise self._missing(name) from None
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor, and no other."""
+        if name not in self.infos():
+            raise self._missing(name)
+        return self._read(name)
+
+    def metadata(self) -> dict[str, str]:
+        """Free-form string metadata stored with the weights (empty when the format has none)."""
+        return {}
+
+    def _missing(self, name: str) -> LayerNotFoundError:
+        import difflib
+
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; it has {len(self.infos())} tensors"
+        return LayerNotFoundError(self.path, f"no tensor named {name!r}{hint}", tensor=name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.infos()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release file handles."""
+
+    def __enter__(self) -> WeightSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_safetensors_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse and validate a safetensors header without touching the tensor data.
+
+    Checks what a truncated or corrupt file gets wrong: the header length, the JSON, the dtypes,
+    and that every tensor's byte range matches its shape and lies inside the file.
+
+    Returns:
+        Tensor infos in storage order, and the ``__metadata__`` strings.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(path, "no such file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CorruptWeightsError(path, f"file is {size} bytes, too short for a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_HEADER, size - 8):
+            raise CorruptWeightsError(path, f"header length {n} exceeds the file ({size} bytes): truncated or not safetensors")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptWeightsError(path, f"header is not valid JSON ({e.__class__.__name__})") from None
+    if not isinstance(header, dict):
+        raise CorruptWeightsError(path, "header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    entries = []
+    data_size = size - 8 - n
+    for name, entry in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = tuple(int(s) for s in entry["shape"])
+            start, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CorruptWeightsError(path, "malformed header entry", tensor=name) from None
+        numel = 1
+        for s in shape:
+            numel *= s
+        if end - start != numel * dtype.itemsize or start < 0:
+            raise CorruptWeightsError(path, f"byte range {start}..{end} does not fit shape {list(shape)}", tensor=name)
+        if end > data_size:
+            raise CorruptWeightsError(path, f"data ends at byte {end} but the file holds {data_size}: truncated", tensor=name)
+        entries.append((start, name, TensorInfo(name, shape, dtype)))
+    entries.sort()
+    infos = {name: info for _, name, info in entries}
+    layout = meta.get("nwa.layout")
+    if layout:
+        try:
+            order = [k for k in json.loads(layout) if k in infos]
+            infos = {k: infos[k] for k in order} | {k: v for k, v in infos.items() if k not in order}
+        except (json.JSONDecodeError, TypeError):
+            pass
+    return infos, {str(k): str(v) for k, v in meta.items()}
+
+
+class SafetensorsFile(WeightSource):
+    """One ``.safetensors`` file, memory-mapped; a read touches only that tensor's bytes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._infos, self._meta = read_safetensors_header(self.path)
+        self._handle = None
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        return self._infos
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._meta)
+
+    def _read(self, name: str) -> torch.Tensor:
+        if self._handle is None:
+            try:
+                self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+            except Exception as e:  # safetensors raises its own untyped errors
+                raise CorruptWeightsError(self.path, f"cannot open: {e}") from None
+        try:
+            return self._handle.get_tensor(name)
+        except Exception as e:
+            raise CorruptWeightsError(self.path, f"cannot read: {e}", tensor=name) from None
+
+    def close(self) -> None:
+        self._handle = None
+
+
+def _flatten_state(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            out.update(_flatten_state(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+class TorchFile(WeightSource):
+    """A ``.pt``/``.pth``/``.bin`` state dict, loaded with ``weights_only=True`` (memory-mapped
+    when the file is in the zip format). A pickle that would run code is refused, unexecuted.
+
+    A checkpoint that wraps its weights (``{"state_dict": ...}`` or ``{"model": ...}``) is
+    unwrapped; non-tensor entries are dropped.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise WeightsNotFoundError(self.path, "no such file")
+        obj = self._load()
+        if isinstance(obj, Mapping):
+            for key in ("state_dict", "model", "module"):
+                if isinstance(obj.get(key), Mapping):
+                    obj = obj[key]
+                    break
+        self._tensors = _flatten_state(obj)
+        if not self._tensors:
+            raise CorruptWeightsError(self.path, "holds no tensors")
+        self._infos = {
+            k: TensorInfo(k, tuple(v.shape), v.dtype) for k, v in self._tensors.items()
+        }
+
+    def _load(self) -> object:
+        mmap = zipfile.is_zipfile(self.path)
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported global"
+            reason = first if "weights_only" in first or "global" in first.lower() else "unsupported pickle content"
+            raise UnsafeCheckpointError(
+                self.path, f"refused to unpickle: it asks for code that weights-only loading forbids ({reason})"
+            ) from None
+        except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+            raise CorruptWeightsError(self.path, f"not a readable torch checkpoint ({e.__class__.__name__}: {str(e)[:120]})") from None
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        return self._infos
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+
+class ShardedFolder(WeightSource):
+    """A Hugging Face model folder: one safetensors file, or shards with their index JSON.
+
+    Each shard is opened only when one of its tensors is asked for.
+    """
+
+    def __init__(self, path: str | Path, index_file: Path) -> None:
+        self.path = Path(path)
+        try:
+            index = json.loads(index_file.read_text())
+            weight_map: dict[str, str] = index["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise CorruptWeightsError(index_file, "not a valid shard index (needs a 'weight_map')") from None
+        self._shards: dict[str, SafetensorsFile] = {}
+        for f in sorted(set(weight_map.values())):
+            shard = self.path / f
+            if not shard.is_file():
+                raise WeightsNotFoundError(shard, f"shard listed in {index_file.name} is missing")
+            self._shards[f] = SafetensorsFile(shard)
+        self._where = {}
+        self._infos = {}
+        for name, f in weight_map.items():
+            info = self._shards[f].infos().get(name)
+            if info is None:
+                raise CorruptWeightsError(self._shards[f].path, "tensor listed in the index is absent", tensor=name)
+            self._where[name] = f
+            self._infos[name] = info
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        return self._infos
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self._shards[self._where[name]].get(name)
+
+    def metadata(self) -> dict[str, str]:
+        return next(iter(self._shards.values())).metadata() if self._shards else {}
+
+    def close(self) -> None:
+        for s in self._shards.values():
+            s.close()
+
+
+_LORA_PATTERNS = (
+    # (regex for the A/down factor, the B/up suffix replacing it)
+    (re.compile(r"^(?P<layer>.+)\.lora_A(?:\.(?P<adapter>[^.]+))?\.weight$"), "lora_B"),
+    (re.compile(r"^(?P<layer>.+)\.lora\.down\.weight$"), "lora.up"),
+    (re.compile(r"^(?P<layer>.+)\.lora_down\.weight$"), "lora_up"),
+)
+
+
+def find_lora_pairs(names: list[str]) -> dict[str, tuple[str, str, str | None]]:
+    """Pair LoRA factors by layer: ``{layer: (A_name, B_name, alpha_name_or_None)}``.
+
+    Understands peft (``lora_A``/``lora_B``, with or without an adapter name), diffusers
+    attention processors (``lora.down``/``lora.up``) and kohya (``lora_down``/``lora_up`` + ``alpha``).
+    """
+    present = set(names)
+    pairs = {}
+    for n in names:
+        for pattern, up in _LORA_PATTERNS:
+            m = pattern.match(n)
+            if not m:
+                continue
+            layer = m["layer"]
+            if up == "lora_B":
+                adapter = m["adapter"]
+                b = f"{layer}.lora_B.{adapter}.weight" if adapter else f"{layer}.lora_B.weight"
+            else:
+                b = n.replace(".lora.down.", ".lora.up.") if up == "lora.up" else n.replace(".lora_down.", ".lora_up.")
+            if b in present:
+                alpha = f"{layer}.alpha"
+                pairs[layer] = (n, b, alpha if alpha in present else None)
+            break
+    return pairs
+
+
+class LoraDelta(WeightSource):
+    """The dense update ``scale * B @ A`` of each LoRA layer, named after the adapted layer.
+
+    Conv LoRA factors are reshaped to 2-D first (``A``: [r, in*kh*kw], ``B``: [out, r]).
+    ``scale`` is ``alpha / r`` when the file stores alpha (kohya) or an ``adapter_config.json``
+    beside it gives ``lora_alpha`` (peft); otherwise 1.
+
+    Args:
+        base: The raw source holding the factors.
+        apply_alpha: Multiply by ``alpha / r`` when known.
+    """
+
+    def __init__(self, base: WeightSource, apply_alpha: bool = True) -> None:
+        self.base = base
+        self.path = base.path
+        self._pairs = find_lora_pairs(base.names())
+        if not self._pairs:
+            raise LayerNotFoundError(self.path, "no LoRA factor pairs (lora_A/lora_B, lora.down/lora.up) found")
+        self._config_alpha = self._peft_alpha() if apply_alpha else None
+        self._apply_alpha = apply_alpha
+        self._infos = {}
+        for layer, (a, b, _) in self._pairs.items():
+            ia, ib = base.info(a), base.info(b)
+            r = ia.shape[0]
+            if ib.shape[1] != r:
+                raise CorruptWeightsError(self.path, f"LoRA factors disagree on rank: A {list(ia.shape)}, B {list(ib.shape)}", tensor=layer)
+            in_dim = ia.numel // r
+            self._infos[layer] = TensorInfo(layer, (ib.shape[0], in_dim), ia.dtype)
+
+    def _peft_alpha(self) -> float | None:
+        folder = self.path if self.path.is_dir() else self.path.parent
+        cfg = folder / "adapter_config.json"
+        if cfg.is_file():
+            try:
+                return float(json.loads(cfg.read_text())["lora_alpha"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                return None
+        return None
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        return self._infos
+
+    def rank(self, layer: str) -> int:
+        return self.base.info(self._pairs[layer][0]).shape[0]
+
+    def factors(self, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw factors ``(A, B)`` of one layer, as 2-D matrices [r, in] and [out, r]."""
+        if layer not in self._pairs:
+            raise self._missing(layer)
+        a_name, b_name, _ = self._pairs[layer]
+        a = self.base.get(a_name)
+        b = self.base.get(b_name)
+        return a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+
+    def _read(self, name: str) -> torch.Tensor:
+        a, b = self.factors(name)
+        dtype = a.dtype if a.dtype.is_floating_point and a.dtype.itemsize >= 4 else torch.float32
+        delta = b.to(dtype) @ a.to(dtype)
+        if self._apply_alpha:
+            alpha_name = self._pairs[name][2]
+            alpha = float(self.base.get(alpha_name)) if alpha_name else self._config_alpha
+            if alpha is not None:
+                delta = delta * (alpha / a.shape[0])
+        return delta
+
+    def metadata(self) -> dict[str, str]:
+        return self.base.metadata()
+
+    def close(self) -> None:
+        self.base.close()
+
+
+def _resolve_hf_cache(folder: Path) -> Path:
+    """``models--ORG--NAME`` (a Hugging Face cache entry) -> its ``snapshots/<sha>`` folder."""
+    ref = folder / "refs" / "main"
+    if ref.is_file():
+        snap = folder / "snapshots" / ref.read_text().strip()
+        if not snap.is_dir():
+            raise WeightsNotFoundError(folder, f"refs/main points at missing snapshot {snap.name}")
+        return snap
+    snaps = sorted(p for p in (folder / "snapshots").glob("*") if p.is_dir()) if (folder / "snapshots").is_dir() else []
+    return snaps[-1] if len(snaps) == 1 else folder
+
+
+def _open_folder(folder: Path) -> WeightSource:
+    folder = _resolve_hf_cache(folder)
+    index = sorted(folder.glob("*.safetensors.index.json"))
+    if index:
+        return ShardedFolder(folder, index[0])
+    for name in ("model.safetensors", *LORA_FILE_NAMES, "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return _open_file(folder / name)
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) == 1:
+        return SafetensorsFile(found[0])
+    what = f"{len(found)} safetensors files and no index" if found else "no weight file"
+    raise WeightsNotFoundError(folder, f"folder holds {what} (expected model.safetensors, an index, or a LoRA file)")
+
+
+def _open_file(path: Path) -> WeightSource:
+    if path.suffix == ".safetensors":
+        return SafetensorsFile(path)
+    if path.suffix in TORCH_SUFFIXES:
+        return TorchFile(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) == 8 and struct.unpack("<Q", head)[0] < os.path.getsize(path):
+        return SafetensorsFile(path)
+    raise CorruptWeightsError(path, f"unknown weight format {path.suffix!r} (use .safetensors, {', '.join(TORCH_SUFFIXES)})")
+
+
+def open_weights(path: str | Path, lora: bool | None = None) -> WeightSource:
+    """Open a model's weights, whatever the format, without reading tensor data.
+
+    Args:
+        path: A ``.safetensors`` file, a ``.pt``/``.pth``/``.bin``/``.ckpt`` state dict, a Hugging
+            Face model folder (single file or sharded with an index; a cache entry
+            ``models--ORG--NAME`` resolves to its snapshot), or a LoRA adapter file or folder.
+        lora: ``True`` exposes LoRA layers as dense deltas ``B @ A``; ``False`` exposes the raw
+            tensors; ``None`` chooses the delta view when the file holds LoRA factor pairs.
+
+    Raises:
+        WeightsNotFoundError: The path does not exist or holds no weights.
+        CorruptWeightsError: The file is truncated or malformed.
+        UnsafeCheckpointError: A pickle would run code; refused unexecuted.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise WeightsNotFoundError(path, "no such file or folder")
+    source = _open_folder(path) if path.is_dir() else _open_file(path)
+    if lora is False:
+        return source
+    if lora is None and not find_lora_pairs(source.names()):
+        return source
+    return LoraDelta(source)
