@@ -43,7 +43,9 @@ def layer_kind(name: str, shape: Sequence[int]) -> str:
     if len(shape) >= 3:
         return "conv"
     if len(shape) == 1:
-        if any(k in low for k in ("norm", "bn", "ln_", ".ln", "gamma", "beta")) and not low.endswith("bias"):
+        if any(
+            k in low for k in ("norm", "bn", "ln_", ".ln", "gamma", "beta")
+        ) and not low.endswith("bias"):
             return "norm"
         return "bias"
     if len(shape) == 2:
@@ -53,7 +55,9 @@ def layer_kind(name: str, shape: Sequence[int]) -> str:
     return "other"
 
 
-def select_layers(available: Sequence[str], selector: LayerSelector, path: str | Path = "<zoo>") -> list[str]:
+def select_layers(
+    available: Sequence[str], selector: LayerSelector, path: str | Path = "<zoo>"
+) -> list[str]:
     """Resolve a layer selector against the names of a model, in layout order.
 
     Each selector item is one of: an exact name; a glob (``*``, ``?``, ``[``); a regex written
@@ -67,7 +71,10 @@ def select_layers(available: Sequence[str], selector: LayerSelector, path: str |
     for item in items:
         if isinstance(item, int):
             if not -len(available) <= item < len(available):
-                raise LayerNotFoundError(path, f"layer index {item} out of range: the layout has {len(available)} tensors")
+                raise LayerNotFoundError(
+                    path,
+                    f"layer index {item} out of range: the layout has {len(available)} tensors",
+                )
             found = [available[item]]
         elif item.startswith("re:"):
             rx = re.compile(item[3:])
@@ -79,7 +86,9 @@ def select_layers(available: Sequence[str], selector: LayerSelector, path: str |
         if not found:
             close = difflib.get_close_matches(str(item), list(available), n=3, cutoff=0.5)
             hint = f"; close names: {', '.join(close)}" if close else ""
-            raise LayerNotFoundError(path, f"layer selector {item!r} matches no tensor{hint}", tensor=str(item))
+            raise LayerNotFoundError(
+                path, f"layer selector {item!r} matches no tensor{hint}", tensor=str(item)
+            )
         chosen.extend(n for n in found if n not in chosen)
     return chosen
 
@@ -113,7 +122,12 @@ class ZooSpec:
 
     @classmethod
     def from_shapes(cls, shapes: dict[str, Sequence[int]]) -> ZooSpec:
-        return cls(tuple(LayerSpec(n, tuple(int(s) for s in shp), layer_kind(n, shp)) for n, shp in shapes.items()))
+        return cls(
+            tuple(
+                LayerSpec(n, tuple(int(s) for s in shp), layer_kind(n, shp))
+                for n, shp in shapes.items()
+            )
+        )
 
     @property
     def names(self) -> list[str]:
@@ -133,11 +147,42 @@ class ZooSpec:
         """Raise :class:`ShapeMismatchError` if ``shape`` differs from the spec's for ``name``."""
         want = self[name].shape
         if tuple(shape) != want:
-            raise ShapeMismatchError(path, f"shape {list(shape)} differs from the zoo's {list(want)}", tensor=name)
+            raise ShapeMismatchError(
+                path, f"shape {list(shape)} differs from the zoo's {list(want)}", tensor=name
+            )
 
 
 def check_finite(t: torch.Tensor, path: str | Path, name: str) -> None:
     """Raise :class:`NonFiniteWeightsError` naming the file and tensor if ``t`` has NaN or Inf."""
-    if t.is_floating_point() and not torch.isfinite(t).all():
+    # A finite sum implies finite values; the elementwise test runs only when it is not.
+    if t.is_floating_point() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
-        raise NonFiniteWeightsError(path, f"{bad} of {t.numel()} values are NaN or Inf", tensor=name)
+        raise NonFiniteWeightsError(
+            path, f"{bad} of {t.numel()} values are NaN or Inf", tensor=name
+        )
+
+
+def from_shapes(value: object, field: str) -> object:
+    """``value.<field>`` when ``value`` is a :class:`WeightShapes`, else ``value`` itself.
+
+    Encoders take their first argument either explicitly or as the data's ``WeightShapes``, so a
+    config names the encoder and the data supplies its shapes.
+    """
+    return getattr(value, field) if isinstance(value, WeightShapes) else value
+
+
+@dataclass(frozen=True)
+class WeightShapes:
+    """Every shape a metanetwork may need, derived from the data (never typed into a config).
+
+    Attributes:
+        layers: 2-D shape (d_H, d_W) of each selected layer (``matrix`` input).
+        flat_dim: Length of the flattened selected weights (``flat`` input).
+        stats_dim: Number of StatNN features (``stats`` input).
+        chain: (out, in, kernel) of each layer of the ``chain``/``graph`` input.
+    """
+
+    layers: dict[str, tuple[int, int]]
+    flat_dim: int = 0
+    stats_dim: int = 0
+    chain: tuple[tuple[int, int, int], ...] = ()

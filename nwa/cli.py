@@ -1,0 +1,130 @@
+"""NwaCLI: LightningCLI with the data-to-model links, W&B by default, and the config everywhere."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from nwa.errors import NwaError
+
+
+def wandb_mode() -> str:
+    """``online`` when the user is logged in to W&B, else ``offline`` (runs sync later)."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+class ConfigEverywhere(SaveConfigCallback):
+    """Saves the full config as ``config.yaml``, into the W&B run config, and into every checkpoint."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._config_dict = self.parser.dump(self.config, skip_none=False, format="yaml")
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+                experiment.config.update(yaml.safe_load(self._config_dict), allow_val_change=True)
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["nwa_config"] = getattr(self, "_config_dict", None)
+
+
+class Summary(Callback):
+    """Prints the data module's description once training starts."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        dm = trainer.datamodule
+        if trainer.is_global_zero and dm is not None and hasattr(dm, "describe"):
+            print(f"nwa: {dm.describe()}", flush=True)
+
+
+class NwaCLI(LightningCLI):
+    """``python -m nwa.fit``/``nwa.test``: configs compose (``--config a.yaml --config b.yaml``)
+    and any field can be overridden on the command line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_callback", ConfigEverywhere)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.shapes", "model.init_args.shapes", apply_on="instantiate")
+        parser.link_arguments("data.targets", "model.init_args.targets", apply_on="instantiate")
+        parser.add_argument(
+            "--run_name", type=str | None, default=None, help="Run name (W&B and log folder)."
+        )
+        parser.add_argument(
+            "--group", type=str | None, default=None, help="W&B group, e.g. the zoo or experiment."
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}",
+                "trainer.logger": default_logger(),
+                "trainer.callbacks": [{"class_path": "nwa.cli.Summary"}],
+            }
+        )
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        logger = cfg.get("trainer", {}).get("logger")
+        if isinstance(logger, dict) or hasattr(logger, "init_args"):
+            args = logger["init_args"] if isinstance(logger, dict) else logger.init_args
+            if cfg.get("run_name") and "name" in args:
+                args["name"] = cfg["run_name"]
+            if cfg.get("group") and "group" in args:
+                args["group"] = cfg["group"]
+
+
+def default_logger() -> dict[str, Any]:
+    """W&B, offline unless logged in; ``--trainer.logger CSVLogger`` works without an account."""
+    return {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {
+            "project": os.environ.get("WANDB_PROJECT", "nwa"),
+            "save_dir": os.environ.get("NWA_RUNS", "runs"),
+            "offline": wandb_mode() == "offline",
+            "name": None,
+            "group": None,
+            "log_model": False,
+        },
+    }
+
+
+def main(subcommand: str, args: list[str] | None = None) -> Any:
+    """Run one LightningCLI subcommand; nwa's own errors end the process with one line."""
+    from nwa.data import ModelZooDataModule
+    from nwa.lit import WeightModule
+
+    argv = [subcommand, *(sys.argv[1:] if args is None else args)]
+    try:
+        return NwaCLI(
+            WeightModule,
+            ModelZooDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=argv,
+            auto_configure_optimizers=False,
+        )
+    except NwaError as e:
+        print(f"nwa: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

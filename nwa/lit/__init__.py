@@ -1,0 +1,126 @@
+"""Thin LightningModules: an encoder (metanetwork) + a task + an optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from nwa.tasks import Targets, Task, compute_metrics, task_for
+from nwa.weights.spec import WeightShapes
+
+EncoderFactory = Callable[[WeightShapes], nn.Module]
+TaskFactory = Callable[[int, Targets], Task]
+
+
+class WeightModule(L.LightningModule):
+    """Trains any metanetwork on any task.
+
+    Args:
+        encoder: The metanetwork, as ``class_path`` + ``init_args``; it is called with the
+            data's :class:`WeightShapes`, so no shape is typed into a config.
+        task: The task (head, loss, metrics); by default the one that fits the data's targets.
+        shapes: Linked from the data module; leave unset.
+        targets: Linked from the data module; leave unset.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        head_hidden: Hidden width of the default task's head (``None``: linear).
+        scheduler: ``none`` or ``cosine`` (annealed over ``trainer.max_epochs``).
+    """
+
+    def __init__(
+        self,
+        encoder: EncoderFactory,
+        task: TaskFactory | None = None,
+        shapes: WeightShapes | None = None,
+        targets: Targets | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+        head_hidden: int | None = None,
+        scheduler: str = "none",
+    ) -> None:
+        super().__init__()
+        if shapes is None or targets is None:
+            raise ValueError(
+                "shapes and targets come from the data module (python -m nwa.fit links them)"
+            )
+        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["encoder", "task", "shapes", "targets"])
+        self.hparams.update(shapes=asdict(shapes), targets=asdict(targets))
+        self.encoder = encoder(shapes)
+        dim = self.encoder.out_dim
+        self.task = task(dim, targets) if task is not None else task_for(dim, targets, head_hidden)
+        self.metrics = nn.ModuleDict({stage: self.task.metrics() for stage in ("val", "test")})
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return self.task(self.encoder(x))
+
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        if dm is None:
+            return
+        if hasattr(self.task, "fit_scaler"):
+            self.task.fit_scaler(dm.train_targets().to(self.device))
+        if hasattr(self.encoder, "fit"):  # non-gradient parts (PCA) are fitted on training models
+            xs = [b["x"] for b in dm.loader(dm.splits["train"])]
+            self.encoder.fit(torch.cat(xs).to(self.device))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.task.loss(self(batch["x"]), batch["y"])
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            batch_size=len(batch["y"]),
+            on_epoch=True,
+            on_step=False,
+        )
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        out = self(batch["x"])
+        self.log(
+            f"{stage}/loss",
+            self.task.loss(out, batch["y"]),
+            batch_size=len(batch["y"]),
+            sync_dist=True,
+            prog_bar=stage == "val",
+        )
+        self.task.update(self.metrics[stage], out, batch["y"])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_metrics(self, stage: str) -> None:
+        values = compute_metrics(self.metrics[stage], stage)
+        self.log_dict(values, prog_bar=False)
+        self.metrics[stage].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {
+            "index": batch["index"],
+            "pred": self.task.predict(self(batch["x"])),
+            "target": batch["y"],
+        }
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        if self.hparams.scheduler == "cosine" and self.trainer.max_epochs:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.max_epochs)
+            return {"optimizer": opt, "lr_scheduler": sched}
+        return opt

@@ -1,0 +1,136 @@
+"""NWPA: attention message passing on the neural graph of a network (seed "Neural Weight Archeology")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch_geometric.data import Data
+from torch_geometric.nn import GATv2Conv, global_add_pool, global_mean_pool
+from torch_geometric.nn.aggr import AttentionalAggregation
+
+from nwa.weights.graph import NODE_DIM, chain_batch_to_graph
+from nwa.weights.spec import WeightShapes, from_shapes
+
+POOLINGS = ("mean", "add", "attention")
+
+
+class NWPA(nn.Module):
+    r"""Graph attention network on a neural graph (:mod:`nwa.weights.graph`), pooled to a vector.
+
+    Nodes are neurons, edges are weights. With node features :math:`x_v` (bias, kind flags,
+    positional code for input/output neurons only), node group (layer) :math:`\ell_v` and kind
+    :math:`\kappa_v`:
+
+    .. math::
+        h_v^{(0)} = A x_v + E_\text{layer}[\ell_v] + E_\text{kind}[\kappa_v]
+
+        h_v^{(t+1)} = \mathrm{LN}\big(h_v^{(t)} + \mathrm{GELU}(
+            \mathrm{GATv2}(h^{(t)}, \{(u, v, e_{uv})\}))\big)
+
+        z = \mathrm{MLP}\big(\mathrm{pool}_v\, h_v^{(T)}\big)
+
+    GATv2 attends over neighbours with the edge features in the attention logits and messages;
+    every weight edge is used in both directions, with a direction flag appended to its kernel
+    vector (``edge_dim + 1`` features). ``pool`` is the mean, the sum, or attentional
+    aggregation (softmax gate over nodes).
+
+    Invariance: hidden neurons carry no positional feature and every operation is a node-wise
+    map, a neighbourhood aggregation or a global pooling, so relabelling the hidden neurons of any
+    layer (with their edges) leaves ``z`` unchanged up to float summation order.
+
+    Args:
+        node_dim: Width of the graph's node features (``nwa.weights.graph.NODE_DIM``).
+        edge_dim: Width of the graph's edge features (the largest kernel size k in the chain).
+        depth: Number of weight layers L in the chain (node groups 0..L get layer embeddings).
+        hidden: Node state width (divisible by ``heads``); also the output size.
+        heads: Attention heads per GATv2 layer.
+        layers: Message-passing rounds T.
+        pooling: ``"mean"``, ``"add"`` or ``"attention"``.
+        dropout: Dropout on the message-passing updates.
+
+    Shapes:
+        - input: a ``torch_geometric`` ``Batch`` of :func:`~nwa.weights.graph.chain_to_graph`
+          graphs (``x`` [N, node_dim], ``edge_attr`` [E, edge_dim], ``layer`` and ``node_kind``
+          [N]), or a batched chain dict ``{"weights": [B, out_l, in_l, k_l], "biases": [B, out_l]}``
+        - output: [B, out_dim] with ``out_dim = hidden``
+    """
+
+    def __init__(
+        self,
+        chain_shapes: Sequence[Sequence[int]] | WeightShapes,
+        hidden: int = 64,
+        heads: int = 4,
+        layers: int = 3,
+        pooling: str = "mean",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        chain_shapes = from_shapes(chain_shapes, "chain")
+        if not chain_shapes:
+            raise ValueError("NWPA needs the chain's layer shapes (input: graph or chain)")
+        self.node_dim = NODE_DIM
+        self.edge_dim = max(int(s[2]) for s in chain_shapes)
+        self.depth = len(chain_shapes)
+        self.node_in = nn.Linear(self.node_dim, hidden)
+        self.layer_emb = nn.Embedding(self.depth + 1, hidden)
+        self.kind_emb = nn.Embedding(3, hidden)
+        self.convs = nn.ModuleList(
+            GATv2Conv(
+                hidden,
+                hidden // heads,
+                heads=heads,
+                edge_dim=self.edge_dim + 1,
+                add_self_loops=False,
+            )
+            for _ in range(layers)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
+        self.act = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.pooling = pooling
+        if pooling == "attention":
+            self.pool = AttentionalAggregation(
+                nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            )
+        self.readout = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden)
+        )
+        self.out_dim = hidden
+
+    def _pool(self, h: torch.Tensor, batch: torch.Tensor, size: int) -> torch.Tensor:
+        if self.pooling == "mean":
+            return global_mean_pool(h, batch, size)
+        if self.pooling == "add":
+            return global_add_pool(h, batch, size)
+        return self.pool(h, batch, dim_size=size)
+
+    def forward(self, graph: Data | Mapping[str, Sequence[torch.Tensor]]) -> torch.Tensor:
+        if isinstance(graph, Mapping):
+            graph = chain_batch_to_graph(graph)
+        x, ei, ea = graph.x, graph.edge_index, graph.edge_attr
+        if x.shape[1] != self.node_dim or ea.shape[1] != self.edge_dim:
+            raise ValueError(
+                f"NWPA built for node_dim={self.node_dim}, edge_dim={self.edge_dim}; "
+                f"the graph has {x.shape[1]} and {ea.shape[1]}"
+            )
+        if int(graph.layer.max()) > self.depth:
+            raise ValueError(
+                f"NWPA built for chains of {self.depth} layers; the graph has {int(graph.layer.max())}"
+            )
+        batch = getattr(graph, "batch", None)
+        if batch is None:
+            batch = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        size = int(graph.num_graphs) if hasattr(graph, "num_graphs") else int(batch.max()) + 1
+        h = self.node_in(x) + self.layer_emb(graph.layer) + self.kind_emb(graph.node_kind)
+        ones, zeros = ea.new_ones(ea.shape[0], 1), ea.new_zeros(ea.shape[0], 1)
+        edge_index = torch.cat([ei, ei.flip(0)], dim=1)
+        edge_attr = torch.cat([torch.cat([ea, zeros], 1), torch.cat([ea, ones], 1)], dim=0)
+        for conv, norm in zip(self.convs, self.norms):
+            h = norm(h + self.dropout(self.act(conv(h, edge_index, edge_attr))))
+        return self.readout(self._pool(h, batch, size))

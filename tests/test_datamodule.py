@@ -1,0 +1,194 @@
+"""ModelZooDataModule: every input family, every target kind, splits, normalisation, errors."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from nwa.data import ModelZooDataModule
+from nwa.errors import ConfigError, LayerNotFoundError, NonFiniteWeightsError, ShapeMismatchError
+from nwa.weights import io as wio
+from tests.zoo_factory import write_chain_zoo
+
+
+@pytest.fixture(scope="module")
+def chain_zoo(tmp_path_factory):
+    return write_chain_zoo(tmp_path_factory.mktemp("chains"))
+
+
+def first_batch(dm: ModelZooDataModule, stage: str = "train"):
+    return next(iter(getattr(dm, f"{stage}_dataloader")()))
+
+
+def test_matrix_input_shapes_and_links(chain_zoo):
+    dm = ModelZooDataModule(str(chain_zoo.root), layers=["conv2.weight", "fc.weight"], batch_size=4)
+    assert dm.layer_shapes == {"conv2.weight": (4, 36), "fc.weight": (6, 4)}
+    assert dm.num_outputs == 6 and dm.task_type == "multilabel"
+    batch = first_batch(dm)
+    assert batch["x"]["conv2.weight"].shape == (4, 4, 36)
+    assert batch["x"]["fc.weight"].shape == (4, 6, 4)
+    assert batch["y"].shape == (4, 6) and set(batch["y"].unique().tolist()) <= {0.0, 1.0}
+    assert batch["y"].sum(1).eq(3).all()  # every model trained on 3 of 6 classes
+
+
+def test_layer_selection_by_glob_regex_and_index(chain_zoo):
+    root = str(chain_zoo.root)
+    assert ModelZooDataModule(root, layers="conv*.weight").layer_names == [
+        "conv1.weight",
+        "conv2.weight",
+    ]
+    assert ModelZooDataModule(root, layers="re:fc\\..*").layer_names == ["fc.weight", "fc.bias"]
+    assert ModelZooDataModule(root, layers=0).layer_names == ["conv1.weight"]
+    assert ModelZooDataModule(root, layers=-1).layer_names == ["fc.bias"]
+
+
+def test_flat_and_stats_inputs(chain_zoo):
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="*", input="flat", batch_size=3)
+    assert (
+        first_batch(dm)["x"].shape == (3, dm.flat_dim) and dm.flat_dim == 36 + 4 + 144 + 4 + 24 + 6
+    )
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="*", input="stats", batch_size=3)
+    assert first_batch(dm)["x"].shape == (3, dm.stats_dim) and dm.stats_dim == 7 * 6
+
+
+def test_chain_and_graph_inputs(chain_zoo):
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="*.weight", input="chain", batch_size=4)
+    assert dm.chain_shapes == [(4, 1, 9), (4, 4, 9), (6, 4, 1)]
+    x = first_batch(dm)["x"]
+    assert [w.shape for w in x["weights"]] == [(4, 4, 1, 9), (4, 4, 4, 9), (4, 6, 4, 1)]
+    assert [b.shape for b in x["biases"]] == [(4, 4), (4, 4), (4, 6)]
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="*.weight", input="graph", batch_size=4)
+    g = first_batch(dm)["x"]
+    assert g.num_graphs == 4
+    assert g.num_nodes == 4 * (1 + 4 + 4 + 6)
+    assert g.edge_index.shape[1] == 4 * (4 * 1 + 4 * 4 + 6 * 4)
+
+
+def test_permutation_augmentation_preserves_function(chain_zoo):
+    dm = ModelZooDataModule(
+        str(chain_zoo.root), layers="*.weight", input="chain", permute_augment=True, normalize=False
+    )
+    ds = dm.dataset("train")
+    raw = ds.tensors(0)
+    aug = dm.permute(raw)
+    assert not torch.equal(aug["conv1.weight"], raw["conv1.weight"]) or not torch.equal(
+        aug["conv2.weight"], raw["conv2.weight"]
+    )
+
+    def run(s, x):
+        h = torch.relu(torch.nn.functional.conv2d(x, s["conv1.weight"], s["conv1.bias"], padding=1))
+        h = torch.relu(torch.nn.functional.conv2d(h, s["conv2.weight"], s["conv2.bias"], padding=1))
+        return h.mean((2, 3)) @ s["fc.weight"].T + s["fc.bias"]
+
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(run(aug, x), run(raw, x), atol=1e-5, rtol=1e-5)
+
+
+def test_targets_tree_arch_properties(chain_zoo):
+    root = str(chain_zoo.root)
+    dm = ModelZooDataModule(root, layers="fc.weight", target="tree", batch_size=8)
+    assert dm.class_names == ["tree0", "tree1"] and dm.task_type == "multiclass"
+    assert first_batch(dm)["y"].dtype == torch.long
+    dm = ModelZooDataModule(
+        root, layers="fc.weight", target="properties", properties=["test_acc", "gen_gap", "depth"]
+    )
+    y = first_batch(dm)["y"]
+    assert y.shape[1] == 3 and torch.allclose(y[:, 1], torch.full_like(y[:, 1], 0.05), atol=1e-5)
+    assert torch.all(y[:, 2] == 3)
+
+
+def test_splits_and_tree_filter(chain_zoo):
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="fc.weight", trees=["tree1"])
+    assert set(dm.rows["tree"]) == {"tree1"}
+    assert (
+        len(dm.dataset("train")) == 6
+        and len(dm.dataset("val")) == 3
+        and len(dm.dataset("test")) == 3
+    )
+
+
+def test_normalisation_uses_training_models_only(chain_zoo):
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="fc.weight")
+    train_ids = set(chain_zoo.split("train")["id"])
+    from nwa.data.reading import read_layers
+
+    values = torch.cat(
+        [
+            read_layers(chain_zoo, r, ["fc.weight"])["fc.weight"].flatten()
+            for _, r in chain_zoo.table.iterrows()
+            if r["id"] in train_ids
+        ]
+    )
+    assert dm.normalizer.mean["fc.weight"] == pytest.approx(float(values.mean()), abs=1e-6)
+    assert dm.normalizer.std["fc.weight"] == pytest.approx(float(values.std()), abs=1e-6)
+
+
+def test_reads_only_selected_tensors(chain_zoo, monkeypatch):
+    read = []
+    original = wio.SafetensorsFile.get
+    monkeypatch.setattr(
+        wio.SafetensorsFile, "get", lambda self, name: read.append(name) or original(self, name)
+    )
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="fc.weight", normalize=False, cache=False)
+    assert read == []  # building reads headers only
+    first_batch(dm)
+    assert set(read) == {"fc.weight"}
+
+
+def test_per_rank_batch_size(chain_zoo):
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="fc.weight", batch_size=8)
+    dm.trainer = SimpleNamespace(world_size=2)
+    assert dm.per_rank_batch_size() == 4
+    assert first_batch(dm)["y"].shape[0] == 4
+    dm.trainer = SimpleNamespace(world_size=3)
+    with pytest.raises(ConfigError, match="divisible"):
+        dm.per_rank_batch_size()
+
+
+def test_missing_layer_in_some_model_names_the_file(tmp_path):
+    zoo = write_chain_zoo(tmp_path, trees=1, per_tree=4)
+    victim = zoo.path_of(zoo.table.iloc[2])
+    state = {"conv1.weight": torch.randn(4, 1, 3, 3)}
+    save_file(state, str(victim))
+    with pytest.raises(LayerNotFoundError, match=victim.name):
+        ModelZooDataModule(str(tmp_path), layers="fc.weight")
+
+
+def test_shape_mismatch_names_the_file(tmp_path):
+    zoo = write_chain_zoo(tmp_path, trees=1, per_tree=4)
+    victim = zoo.path_of(zoo.table.iloc[1])
+    save_file({"fc.weight": torch.randn(7, 4)}, str(victim))
+    with pytest.raises(ShapeMismatchError, match=r"\[7, 4\]"):
+        ModelZooDataModule(str(tmp_path), layers="fc.weight")
+
+
+def test_nonfinite_weights_fail_or_are_dropped(tmp_path):
+    zoo = write_chain_zoo(tmp_path, trees=1, per_tree=8)
+    row = zoo.split("train").iloc[0]
+    bad = torch.randn(6, 4)
+    bad[0, 0] = float("nan")
+    save_file({"fc.weight": bad}, str(zoo.path_of(row)))
+    with pytest.raises(NonFiniteWeightsError, match="NaN or Inf"):
+        ModelZooDataModule(str(tmp_path), layers="fc.weight")
+    with pytest.warns(UserWarning, match=row["id"]):
+        dm = ModelZooDataModule(str(tmp_path), layers="fc.weight", drop_nonfinite=True)
+    assert row["id"] not in set(dm.rows["id"]) and len(dm.rows) == 7
+
+
+def test_bad_configuration_fails_clearly(chain_zoo, tmp_path):
+    root = str(chain_zoo.root)
+    with pytest.raises(ConfigError, match="no such zoo"):
+        ModelZooDataModule(str(tmp_path / "nowhere"), layers="fc.weight")
+    with pytest.raises(ConfigError, match="no label 'sharpness'"):
+        ModelZooDataModule(root, layers="fc.weight", target="properties", properties=["sharpness"])
+    with pytest.raises(ConfigError, match="concept"):
+        ModelZooDataModule(root, layers="fc.weight", target="concept")
+    with pytest.raises(ConfigError, match="no model matches"):
+        ModelZooDataModule(root, layers="fc.weight", trees=["oak*"])
+    with pytest.raises(LayerNotFoundError, match="fc.weight"):
+        ModelZooDataModule(root, layers="fc.weights")
+    with pytest.raises(ConfigError, match="permute_augment"):
+        ModelZooDataModule(root, layers="fc.weight", permute_augment=True)

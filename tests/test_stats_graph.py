@@ -1,0 +1,165 @@
+"""StatNN and spectral features against numpy and known spectra; chains and neural graphs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from nwa.errors import ShapeMismatchError
+from nwa.weights.graph import (
+    NODE_DIM,
+    NODE_HIDDEN,
+    NODE_INPUT,
+    NODE_OUTPUT,
+    chain_batch_to_graph,
+    chain_from_tensors,
+    chain_shapes,
+    chain_to_graph,
+)
+from nwa.weights.stats import (
+    SPECTRAL_NAMES,
+    powerlaw_alpha,
+    spectral_features,
+    spectral_features_batched,
+    spectral_table,
+    statnn_feature_names,
+    statnn_features,
+    statnn_features_batched,
+)
+
+
+def test_statnn_features_match_numpy():
+    gen = torch.Generator().manual_seed(0)
+    tensors = [
+        torch.randn(7, 5, generator=gen),
+        torch.arange(11.0) ** 2,
+        torch.randn(3, 2, 3, 3, generator=gen),
+    ]
+    feats = statnn_features(tensors)
+    assert feats.shape == (21,)
+    expect = []
+    for t in tensors:
+        a = t.numpy().astype(np.float64).ravel()
+        expect += [a.mean(), a.std(), *np.quantile(a, [0, 0.25, 0.5, 0.75, 1.0])]
+    np.testing.assert_allclose(feats.numpy(), np.array(expect), rtol=1e-5, atol=1e-6)
+    # a hand-checked case: 0, 1, 4, ..., 100
+    assert feats[7:14].tolist() == pytest.approx(
+        [35.0, math.sqrt(25333 / 11 - 35.0**2), 0.0, 6.5, 25.0, 56.5, 100.0], rel=1e-6
+    )
+    names = statnn_feature_names(["a", "b", "c"])
+    assert len(names) == 21 and names[8] == "b/std"
+
+
+def test_statnn_batched_matches_single():
+    gen = torch.Generator().manual_seed(1)
+    batch = [torch.randn(4, 6, 3, generator=gen), torch.randn(4, 6, generator=gen)]
+    out = statnn_features_batched(batch)
+    assert out.shape == (4, 14)
+    for b in range(4):
+        torch.testing.assert_close(out[b], statnn_features([t[b] for t in batch]))
+
+
+def _with_singular_values(s: torch.Tensor, rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(rows, rows, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(cols, cols, generator=gen, dtype=torch.float64))
+    k = s.numel()
+    return u[:, :k] @ torch.diag(s.to(torch.float64)) @ v[:, :k].T
+
+
+def test_spectral_features_on_known_singular_values():
+    s = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.5, 0.25])
+    w = _with_singular_values(s, 10, 8)
+    f = dict(zip(SPECTRAL_NAMES, spectral_features(w).tolist()))
+    lam = s**2
+    assert f["log_spectral_norm"] == pytest.approx(math.log10(16.0), rel=1e-5)
+    assert f["log_frobenius_norm"] == pytest.approx(0.5 * math.log10(float(lam.sum())), rel=1e-5)
+    assert f["stable_rank"] == pytest.approx(float(lam.sum()) / 16.0, rel=1e-5)
+    assert f["alpha_weighted"] == pytest.approx(f["alpha"] * math.log10(16.0), rel=1e-5)
+
+
+def test_powerlaw_alpha_recovers_exponent():
+    # eigenvalues at the quantiles of a Pareto law with alpha = 3 and x_min = 1
+    n, alpha = 400, 3.0
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    lam = (1.0 - u) ** (-1.0 / (alpha - 1.0))
+    est, xmin, ks = powerlaw_alpha(lam)
+    assert est == pytest.approx(alpha, abs=0.2)
+    assert ks < 0.05
+    # the same spectrum planted in a matrix
+    w = _with_singular_values(lam.sqrt(), n, n)
+    got = spectral_features_batched(w.unsqueeze(0))[0, 0].item()
+    assert got == pytest.approx(est, rel=1e-3)
+    assert math.isnan(powerlaw_alpha(torch.tensor([1.0, 2.0]))[0])
+
+
+def test_spectral_rejects_vectors():
+    with pytest.raises(ValueError, match="no spectrum"):
+        spectral_table({"w": torch.randn(4, 3), "b": torch.randn(4)})
+    feats, names = spectral_table({"w": torch.randn(4, 3), "conv": torch.randn(6, 2, 3, 3)})
+    assert feats.shape == (10,) and names[5] == "conv/alpha"
+
+
+def test_chain_from_tensors_shapes_and_errors():
+    ws = [torch.randn(8, 1, 3, 3), torch.randn(8, 8, 3, 3), torch.randn(10, 8)]
+    cw, cb = chain_from_tensors(ws, [torch.randn(8), None, torch.randn(10)])
+    assert chain_shapes(cw) == [(8, 1, 9), (8, 8, 9), (10, 8, 1)]
+    assert torch.equal(cb[1], torch.zeros(8))
+    assert torch.equal(cw[2][:, :, 0], ws[2])
+    with pytest.raises(
+        ShapeMismatchError, match=r"fc \(\d\).* takes 72 inputs but layer 1 \(conv2\) has 8 outputs"
+    ):
+        chain_from_tensors([ws[0], ws[1], torch.randn(10, 72)], None, ["conv1", "conv2", "fc (2)"])
+    with pytest.raises(ShapeMismatchError, match="does not match 8 outputs"):
+        chain_from_tensors(ws, [torch.randn(7), None, None])
+
+
+def test_chain_to_graph_layout():
+    gen = torch.Generator().manual_seed(0)
+    ws = [
+        torch.randn(8, 1, 3, 3, generator=gen),
+        torch.randn(8, 8, 3, 3, generator=gen),
+        torch.randn(10, 8, generator=gen),
+    ]
+    bs = [
+        torch.randn(8, generator=gen),
+        torch.randn(8, generator=gen),
+        torch.randn(10, generator=gen),
+    ]
+    g = chain_to_graph(ws, bs)
+    assert g.num_nodes == 1 + 8 + 8 + 10 and g.x.shape == (27, NODE_DIM)
+    assert g.edge_index.shape == (2, 8 + 64 + 80) and g.edge_attr.shape == (152, 9)
+    assert g.layer.tolist() == [0] + [1] * 8 + [2] * 8 + [3] * 10
+    assert g.node_kind.tolist() == [NODE_INPUT] + [NODE_HIDDEN] * 16 + [NODE_OUTPUT] * 10
+    assert torch.equal(g.x[1:9, 0], bs[0]) and g.x[0, 0] == 0
+    assert torch.all(g.x[1:17, 4:] == 0), "hidden neurons carry no position"
+    assert torch.any(g.x[17:, 4:] != 0)
+    # edge from input-side neuron i of conv2 (node 1 + i) to its neuron j (node 9 + j)
+    hit = ((g.edge_index[0] == 1 + 3) & (g.edge_index[1] == 9 + 5)).nonzero().item()
+    torch.testing.assert_close(g.edge_attr[hit], ws[1][5, 3].reshape(-1))
+    hit = ((g.edge_index[0] == 9 + 2) & (g.edge_index[1] == 17 + 7)).nonzero().item()
+    assert g.edge_attr[hit, 0] == ws[2][7, 2] and torch.all(g.edge_attr[hit, 1:] == 0)
+
+
+def test_chain_batch_to_graph_equals_from_data_list():
+    gen = torch.Generator().manual_seed(0)
+    models = [
+        chain_from_tensors(
+            [torch.randn(5, 3, generator=gen), torch.randn(4, 5, 2, 2, generator=gen)],
+            [None, torch.randn(4, generator=gen)],
+        )
+        for _ in range(3)
+    ]
+    ref = Batch.from_data_list([chain_to_graph(w, b) for w, b in models])
+    chain = {
+        k: [torch.stack([m[i][layer] for m in models]) for layer in range(2)]
+        for i, k in enumerate(("weights", "biases"))
+    }
+    got = chain_batch_to_graph(chain)
+    assert got.num_graphs == 3
+    for key in ("x", "edge_index", "edge_attr", "layer", "node_kind", "batch", "ptr"):
+        assert torch.equal(getattr(got, key), getattr(ref, key)), key
