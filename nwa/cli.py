@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+    _InstantiatorFn,
+)
 
 from nwa.errors import NwaError
 
@@ -36,6 +42,18 @@ class ConfigEverywhere(SaveConfigCallback):
             experiment = getattr(logger, "experiment", None)
             if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
                 experiment.config.update(yaml.safe_load(self._config_dict), allow_val_change=True)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # config.yaml in the log dir is shared by runs of one logger; keep a copy beside the checkpoints.
+        ckpt = trainer.checkpoint_callback
+        if (
+            trainer.is_global_zero
+            and getattr(ckpt, "dirpath", None)
+            and getattr(self, "_config_dict", None)
+        ):
+            run_dir = Path(ckpt.dirpath).parent
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(self._config_dict)
 
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
@@ -84,6 +102,19 @@ class NwaCLI(LightningCLI):
             }
         )
 
+    def _add_instantiators(self) -> None:
+        super()._add_instantiators()
+        # jsonargparse turns an exception raised while building a class into a long usage error;
+        # nwa's own errors (a missing zoo, layer or label) should end the run with one line.
+        model_fn = _InstantiatorFn(cli=self, key="model")
+        self.parser.add_instantiator(_one_line_errors(model_fn), LightningModule, prepend=True)
+        self.parser.add_instantiator(_one_line_errors(None), LightningDataModule, prepend=True)
+
+    def _parse_ckpt_path(self) -> None:
+        # The config is authoritative (nwa.test takes it from the checkpoint when none is given);
+        # Lightning's merge of checkpoint hyperparameters cannot rebuild class_path arguments.
+        return
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         logger = cfg.get("trainer", {}).get("logger")
@@ -93,6 +124,26 @@ class NwaCLI(LightningCLI):
                 args["name"] = cfg["run_name"]
             if cfg.get("group") and "group" in args:
                 args["group"] = cfg["group"]
+
+
+def _one_line_errors(inner: Any) -> Any:
+    def instantiate(
+        class_type: type, *args: Any, applied_instantiation_links: Any = None, **kwargs: Any
+    ) -> Any:
+        try:
+            if inner is not None:
+                return inner(
+                    class_type,
+                    *args,
+                    applied_instantiation_links=applied_instantiation_links,
+                    **kwargs,
+                )
+            return class_type(*args, **kwargs)
+        except NwaError as e:
+            print(f"nwa: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return instantiate
 
 
 def default_logger() -> dict[str, Any]:
@@ -116,6 +167,8 @@ def main(subcommand: str, args: list[str] | None = None) -> Any:
     from nwa.lit import WeightModule
 
     argv = [subcommand, *(sys.argv[1:] if args is None else args)]
+    # The entry points pass their own argv explicitly; Lightning warns about that by default.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     try:
         return NwaCLI(
             WeightModule,

@@ -78,6 +78,7 @@ class WeightModule(L.LightningModule):
             batch_size=len(batch["y"]),
             on_epoch=True,
             on_step=False,
+            sync_dist=True,
         )
         return loss
 
@@ -99,8 +100,9 @@ class WeightModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def _log_metrics(self, stage: str) -> None:
+        # torchmetrics already reduced across ranks; sync_dist only averages identical values.
         values = compute_metrics(self.metrics[stage], stage)
-        self.log_dict(values, prog_bar=False)
+        self.log_dict(values, prog_bar=False, sync_dist=True)
         self.metrics[stage].reset()
 
     def on_validation_epoch_end(self) -> None:

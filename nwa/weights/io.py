@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import struct
+import warnings
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -105,7 +106,11 @@ class WeightSource(ABC):
         import difflib
 
         close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; it has {len(self.infos())} tensors"
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else f"; it has {len(self.infos())} tensors"
+        )
         return LayerNotFoundError(self.path, f"no tensor named {name!r}{hint}", tensor=name)
 
     def __contains__(self, name: object) -> bool:
@@ -140,18 +145,27 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, TensorInfo], di
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise CorruptWeightsError(path, f"file is {size} bytes, too short for a safetensors header")
+            raise CorruptWeightsError(
+                path, f"file is {size} bytes, too short for a safetensors header"
+            )
         (n,) = struct.unpack("<Q", head)
         if n > min(_MAX_HEADER, size - 8):
-            raise CorruptWeightsError(path, f"header length {n} exceeds the file ({size} bytes): truncated or not safetensors")
+            raise CorruptWeightsError(
+                path,
+                f"header length {n} exceeds the file ({size} bytes): truncated or not safetensors",
+            )
         raw = f.read(n)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptWeightsError(path, f"header is not valid JSON ({e.__class__.__name__})") from None
+        raise CorruptWeightsError(
+            path, f"header is not valid JSON ({e.__class__.__name__})"
+        ) from None
     if not isinstance(header, dict):
         raise CorruptWeightsError(path, "header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise CorruptWeightsError(path, "header '__metadata__' is not a JSON object")
     entries = []
     data_size = size - 8 - n
     for name, entry in header.items():
@@ -165,9 +179,15 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, TensorInfo], di
         for s in shape:
             numel *= s
         if end - start != numel * dtype.itemsize or start < 0:
-            raise CorruptWeightsError(path, f"byte range {start}..{end} does not fit shape {list(shape)}", tensor=name)
+            raise CorruptWeightsError(
+                path, f"byte range {start}..{end} does not fit shape {list(shape)}", tensor=name
+            )
         if end > data_size:
-            raise CorruptWeightsError(path, f"data ends at byte {end} but the file holds {data_size}: truncated", tensor=name)
+            raise CorruptWeightsError(
+                path,
+                f"data ends at byte {end} but the file holds {data_size}: truncated",
+                tensor=name,
+            )
         entries.append((start, name, TensorInfo(name, shape, dtype)))
     entries.sort()
     infos = {name: info for _, name, info in entries}
@@ -175,39 +195,91 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, TensorInfo], di
     if layout:
         try:
             order = [k for k in json.loads(layout) if k in infos]
-            infos = {k: infos[k] for k in order} | {k: v for k, v in infos.items() if k not in order}
+            infos = {k: infos[k] for k in order} | {
+                k: v for k, v in infos.items() if k not in order
+            }
         except (json.JSONDecodeError, TypeError):
             pass
     return infos, {str(k): str(v) for k, v in meta.items()}
 
 
 class SafetensorsFile(WeightSource):
-    """One ``.safetensors`` file, memory-mapped; a read touches only that tensor's bytes."""
+    """One ``.safetensors`` file, memory-mapped; a read touches only that tensor's bytes.
+
+    The header is parsed and validated on first need: a plain :meth:`get` of a present tensor
+    goes straight to the memory map, and only a failed read parses the header to say why.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._infos, self._meta = read_safetensors_header(self.path)
+        if not self.path.is_file():
+            raise WeightsNotFoundError(self.path, "no such file")
+        self._header: tuple[dict[str, TensorInfo], dict[str, str]] | None = None
         self._handle = None
 
+    def _parsed(self) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+        if self._header is None:
+            self._header = read_safetensors_header(self.path)
+        return self._header
+
     def infos(self) -> Mapping[str, TensorInfo]:
-        return self._infos
+        return self._parsed()[0]
 
     def metadata(self) -> dict[str, str]:
-        return dict(self._meta)
+        return dict(self._parsed()[1])
+
+    def get(self, name: str) -> torch.Tensor:
+        if self._header is not None and name not in self._header[0]:
+            raise self._missing(name)
+        try:
+            if self._handle is None:
+                self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+            return self._handle.get_tensor(name)
+        except Exception as e:  # safetensors raises its own untyped errors
+            self._parsed()  # raises the precise CorruptWeightsError when the header is at fault
+            if name not in self.infos():
+                raise self._missing(name) from None
+            raise CorruptWeightsError(self.path, f"cannot read: {e}", tensor=name) from None
 
     def _read(self, name: str) -> torch.Tensor:
-        if self._handle is None:
-            try:
-                self._handle = safe_open(str(self.path), framework="pt", device="cpu")
-            except Exception as e:  # safetensors raises its own untyped errors
-                raise CorruptWeightsError(self.path, f"cannot open: {e}") from None
-        try:
-            return self._handle.get_tensor(name)
-        except Exception as e:
-            raise CorruptWeightsError(self.path, f"cannot read: {e}", tensor=name) from None
+        return self.get(name)
 
     def close(self) -> None:
         self._handle = None
+
+
+def _unpickling_reason(message: str) -> str:
+    """The informative line of a weights-only refusal (torch puts generic advice first)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or "Unsupported" in ln:
+            return ln.split("WeightsUnpickler error:")[-1].strip() or ln
+    generic = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    specific = [ln for ln in lines if not ln.startswith(generic)]
+    return specific[0] if specific else "unsupported pickle content"
+
+
+def _pickle_imports(path: Path) -> list[str] | None:
+    """The globals the file's first pickle imports, found by parsing its opcodes (nothing runs).
+
+    Returns ``None`` when the bytes are not a pickle at all.
+    """
+    import pickletools
+
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # pickletools raises ValueError and others on non-pickle bytes
+        return None
+    return list(dict.fromkeys(found))
 
 
 def _flatten_state(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -241,22 +313,34 @@ class TorchFile(WeightSource):
         self._tensors = _flatten_state(obj)
         if not self._tensors:
             raise CorruptWeightsError(self.path, "holds no tensors")
-        self._infos = {
-            k: TensorInfo(k, tuple(v.shape), v.dtype) for k, v in self._tensors.items()
-        }
+        self._infos = {k: TensorInfo(k, tuple(v.shape), v.dtype) for k, v in self._tensors.items()}
 
     def _load(self) -> object:
         mmap = zipfile.is_zipfile(self.path)
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
+            with warnings.catch_warnings():
+                # torch warns about pickle protocols it did not write; the errors below say more.
+                warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+                return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported global"
-            reason = first if "weights_only" in first or "global" in first.lower() else "unsupported pickle content"
+            reason = _unpickling_reason(str(e))
+            if "GLOBAL" not in reason and not mmap:
+                # Refused for an opcode: either garbage, or a real pickle (e.g. protocol 4+
+                # framing) whose imports parsing shows without running anything.
+                imports = _pickle_imports(self.path)
+                if imports is None:
+                    raise CorruptWeightsError(self.path, f"not a valid pickle ({reason})") from None
+                if imports:
+                    reason = f"it imports {', '.join(imports[:3])}"
             raise UnsafeCheckpointError(
-                self.path, f"refused to unpickle: it asks for code that weights-only loading forbids ({reason})"
+                self.path,
+                f"refused to unpickle: it asks for code that weights-only loading forbids ({reason})",
             ) from None
-        except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
-            raise CorruptWeightsError(self.path, f"not a readable torch checkpoint ({e.__class__.__name__}: {str(e)[:120]})") from None
+        except Exception as e:  # garbage makes torch.load raise KeyError, RuntimeError, EOFError...
+            first = (str(e).strip().splitlines() or [""])[0][:120]
+            raise CorruptWeightsError(
+                self.path, f"not a readable torch checkpoint ({e.__class__.__name__}: {first})"
+            ) from None
 
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
@@ -277,7 +361,9 @@ class ShardedFolder(WeightSource):
             index = json.loads(index_file.read_text())
             weight_map: dict[str, str] = index["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise CorruptWeightsError(index_file, "not a valid shard index (needs a 'weight_map')") from None
+            raise CorruptWeightsError(
+                index_file, "not a valid shard index (needs a 'weight_map')"
+            ) from None
         self._shards: dict[str, SafetensorsFile] = {}
         for f in sorted(set(weight_map.values())):
             shard = self.path / f
@@ -289,7 +375,9 @@ class ShardedFolder(WeightSource):
         for name, f in weight_map.items():
             info = self._shards[f].infos().get(name)
             if info is None:
-                raise CorruptWeightsError(self._shards[f].path, "tensor listed in the index is absent", tensor=name)
+                raise CorruptWeightsError(
+                    self._shards[f].path, "tensor listed in the index is absent", tensor=name
+                )
             self._where[name] = f
             self._infos[name] = info
 
@@ -333,12 +421,21 @@ def find_lora_pairs(names: list[str]) -> dict[str, tuple[str, str, str | None]]:
                 adapter = m["adapter"]
                 b = f"{layer}.lora_B.{adapter}.weight" if adapter else f"{layer}.lora_B.weight"
             else:
-                b = n.replace(".lora.down.", ".lora.up.") if up == "lora.up" else n.replace(".lora_down.", ".lora_up.")
+                b = (
+                    n.replace(".lora.down.", ".lora.up.")
+                    if up == "lora.up"
+                    else n.replace(".lora_down.", ".lora_up.")
+                )
             if b in present:
                 alpha = f"{layer}.alpha"
                 pairs[layer] = (n, b, alpha if alpha in present else None)
             break
     return pairs
+
+
+def _delta_dtype(factor: torch.dtype) -> torch.dtype:
+    """The dtype of ``B @ A``: half-precision factors are multiplied in float32 for precision."""
+    return factor if factor.is_floating_point and factor.itemsize >= 4 else torch.float32
 
 
 class LoraDelta(WeightSource):
@@ -358,7 +455,9 @@ class LoraDelta(WeightSource):
         self.path = base.path
         self._pairs = find_lora_pairs(base.names())
         if not self._pairs:
-            raise LayerNotFoundError(self.path, "no LoRA factor pairs (lora_A/lora_B, lora.down/lora.up) found")
+            raise LayerNotFoundError(
+                self.path, "no LoRA factor pairs (lora_A/lora_B, lora.down/lora.up) found"
+            )
         self._config_alpha = self._peft_alpha() if apply_alpha else None
         self._apply_alpha = apply_alpha
         self._infos = {}
@@ -366,9 +465,13 @@ class LoraDelta(WeightSource):
             ia, ib = base.info(a), base.info(b)
             r = ia.shape[0]
             if ib.shape[1] != r:
-                raise CorruptWeightsError(self.path, f"LoRA factors disagree on rank: A {list(ia.shape)}, B {list(ib.shape)}", tensor=layer)
+                raise CorruptWeightsError(
+                    self.path,
+                    f"LoRA factors disagree on rank: A {list(ia.shape)}, B {list(ib.shape)}",
+                    tensor=layer,
+                )
             in_dim = ia.numel // r
-            self._infos[layer] = TensorInfo(layer, (ib.shape[0], in_dim), ia.dtype)
+            self._infos[layer] = TensorInfo(layer, (ib.shape[0], in_dim), _delta_dtype(ia.dtype))
 
     def _peft_alpha(self) -> float | None:
         folder = self.path if self.path.is_dir() else self.path.parent
@@ -397,7 +500,7 @@ class LoraDelta(WeightSource):
 
     def _read(self, name: str) -> torch.Tensor:
         a, b = self.factors(name)
-        dtype = a.dtype if a.dtype.is_floating_point and a.dtype.itemsize >= 4 else torch.float32
+        dtype = _delta_dtype(a.dtype)
         delta = b.to(dtype) @ a.to(dtype)
         if self._apply_alpha:
             alpha_name = self._pairs[name][2]
@@ -421,7 +524,11 @@ def _resolve_hf_cache(folder: Path) -> Path:
         if not snap.is_dir():
             raise WeightsNotFoundError(folder, f"refs/main points at missing snapshot {snap.name}")
         return snap
-    snaps = sorted(p for p in (folder / "snapshots").glob("*") if p.is_dir()) if (folder / "snapshots").is_dir() else []
+    snaps = (
+        sorted(p for p in (folder / "snapshots").glob("*") if p.is_dir())
+        if (folder / "snapshots").is_dir()
+        else []
+    )
     return snaps[-1] if len(snaps) == 1 else folder
 
 
@@ -437,7 +544,9 @@ def _open_folder(folder: Path) -> WeightSource:
     if len(found) == 1:
         return SafetensorsFile(found[0])
     what = f"{len(found)} safetensors files and no index" if found else "no weight file"
-    raise WeightsNotFoundError(folder, f"folder holds {what} (expected model.safetensors, an index, or a LoRA file)")
+    raise WeightsNotFoundError(
+        folder, f"folder holds {what} (expected model.safetensors, an index, or a LoRA file)"
+    )
 
 
 def _open_file(path: Path) -> WeightSource:
@@ -449,7 +558,10 @@ def _open_file(path: Path) -> WeightSource:
         head = f.read(8)
     if len(head) == 8 and struct.unpack("<Q", head)[0] < os.path.getsize(path):
         return SafetensorsFile(path)
-    raise CorruptWeightsError(path, f"unknown weight format {path.suffix!r} (use .safetensors, {', '.join(TORCH_SUFFIXES)})")
+    raise CorruptWeightsError(
+        path,
+        f"unknown weight format {path.suffix!r} (use .safetensors, {', '.join(TORCH_SUFFIXES)})",
+    )
 
 
 def open_weights(path: str | Path, lora: bool | None = None) -> WeightSource:

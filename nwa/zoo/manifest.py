@@ -120,7 +120,11 @@ def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
     for key in _FLOATS:
         v = row.get(key)
         out[key] = float("nan") if v is None else float(v)
-    if math.isnan(out["gen_gap"]) and not math.isnan(out["train_acc"]) and not math.isnan(out["test_acc"]):
+    if (
+        math.isnan(out["gen_gap"])
+        and not math.isnan(out["train_acc"])
+        and not math.isnan(out["test_acc"])
+    ):
         out["gen_gap"] = out["train_acc"] - out["test_acc"]
     return out
 
@@ -146,7 +150,9 @@ def read_table(path: Path) -> pd.DataFrame:
     except FileNotFoundError:
         raise ZooError(f"{path}: manifest table is missing") from None
     except Exception as e:
-        raise ZooError(f"{path}: not a readable Parquet table ({e.__class__.__name__}: {e})") from None
+        raise ZooError(
+            f"{path}: not a readable Parquet table ({e.__class__.__name__}: {e})"
+        ) from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ZooError(f"{path}: manifest lacks columns {missing}")
@@ -198,7 +204,11 @@ class Zoo:
             raise ZooError(f"{root}: no such zoo directory")
         meta_path = root / META
         if not meta_path.is_file():
-            hint = " (a build may still be running: finish it or run `python -m nwa.zoo build` again)" if (root / "rows").is_dir() else ""
+            hint = (
+                " (a build may still be running: finish it or run `python -m nwa.zoo build` again)"
+                if (root / "rows").is_dir()
+                else ""
+            )
             raise ZooError(f"{meta_path}: zoo metadata is missing{hint}")
         try:
             meta = ZooMeta.from_dict(json.loads(meta_path.read_text()), meta_path)
@@ -224,7 +234,9 @@ class Zoo:
             if bad_tree:
                 raise ZooError(f"{where}: trees {bad_tree[:5]} are not in {META}")
         ids = set(t["id"])
-        bad_parent = sorted(p for p in set(t["parent"]) if p and p not in ids and p not in self._roots())
+        bad_parent = sorted(
+            p for p in set(t["parent"]) if p and p not in ids and p not in self._roots()
+        )
         if bad_parent:
             raise ZooError(f"{where}: parents {bad_parent[:5]} are neither models nor tree roots")
         n_cls = len(self.meta.classes)
@@ -234,7 +246,9 @@ class Zoo:
         if check_files and self._opener is None:
             missing = [p for p in t["path"] if not (self.root / p).exists()]
             if missing:
-                raise ZooError(f"{self.root}: {len(missing)} weight files are missing, e.g. {missing[:3]}")
+                raise ZooError(
+                    f"{self.root}: {len(missing)} weight files are missing, e.g. {missing[:3]}"
+                )
 
     def _roots(self) -> set[str]:
         return {str(tree.get("root", "")) for tree in self.meta.trees.values()}
@@ -279,7 +293,14 @@ class Zoo:
     def available_labels(self) -> list[str]:
         """Regression-ready labels with at least one known value."""
         out = [c for c in _FLOATS if self.table[c].notna().any()]
-        out += sorted({k for lab in self.table["labels"] for k, v in lab.items() if isinstance(v, int | float)})
+        out += sorted(
+            {
+                k
+                for lab in self.table["labels"]
+                for k, v in lab.items()
+                if isinstance(v, int | float)
+            }
+        )
         return out
 
 
@@ -311,7 +332,12 @@ class ZooWriter:
     def weight_path(self, model_id: str) -> Path:
         return self.root / "weights" / f"{model_id}.safetensors"
 
-    def save_weights(self, model_id: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    def save_weights(
+        self,
+        model_id: str,
+        tensors: dict[str, torch.Tensor],
+        metadata: dict[str, str] | None = None,
+    ) -> str:
         """Save a model's tensors as safetensors (with its layout order); return the relative path."""
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         meta = {"nwa.layout": json.dumps(list(tensors))} | (metadata or {})
@@ -324,7 +350,9 @@ class ZooWriter:
         """Record a finished model whose weights are already saved at ``row['path']``."""
         clean = normalize_row(row)
         if not (self.root / clean["path"]).exists():
-            raise ZooError(f"{self.root / clean['path']}: weights must be written before the row of {clean['id']}")
+            raise ZooError(
+                f"{self.root / clean['path']}: weights must be written before the row of {clean['id']}"
+            )
         atomic_write_text(self.row_path(clean["id"]), json.dumps(clean, sort_keys=True))
 
     def rows(self) -> list[dict[str, Any]]:
@@ -344,7 +372,9 @@ class ZooWriter:
         """
         rows = self.rows()
         if expected is not None and len(rows) < expected:
-            raise ZooError(f"{self.root}: only {len(rows)} of {expected} models are finished; rerun the build to resume")
+            raise ZooError(
+                f"{self.root}: only {len(rows)} of {expected} models are finished; rerun the build to resume"
+            )
         atomic_write_text(self.root / META, self.meta.to_json())
         write_table(rows_to_frame(rows), self.root / TABLE)
         return Zoo.open(self.root)

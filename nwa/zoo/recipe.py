@@ -54,7 +54,9 @@ class Recipe(ABC):
         """Class or concept names this recipe's labels index into."""
 
     @abstractmethod
-    def run(self, job: Job, writer: ZooWriter, root: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    def run(
+        self, job: Job, writer: ZooWriter, root: dict[str, torch.Tensor] | None
+    ) -> dict[str, Any]:
         """Train one job and save its weights with ``writer``.
 
         Args:

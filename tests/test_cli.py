@@ -1,0 +1,217 @@
+"""python -m nwa.fit / nwa.test end to end: configs, overrides, loggers, checkpoints, DDP, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from nwa.fit import run as fit
+from tests.zoo_factory import write_chain_zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def chain_zoo(tmp_path_factory):
+    return write_chain_zoo(tmp_path_factory.mktemp("cli-chains"))
+
+
+def write_config(
+    path: Path, zoo: Path, encoder: str = "nwa.metanets.ProbeX", init: dict | None = None, **data
+) -> Path:
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": 2, "enable_progress_bar": False, "log_every_n_steps": 1},
+        "model": {
+            "class_path": "nwa.lit.WeightModule",
+            "init_args": {
+                "encoder": {
+                    "class_path": encoder,
+                    "init_args": init or {"rank_u": 4, "rank_v": 4, "dim": 8},
+                }
+            },
+        },
+        "data": {
+            "class_path": "nwa.data.ModelZooDataModule",
+            "init_args": {"zoo": str(zoo), "layers": "fc.weight", "batch_size": 8, **data},
+        },
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def csv(tmp: Path) -> list[str]:
+    return [
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(tmp),
+    ]
+
+
+def test_fit_with_csv_logger_saves_best_checkpoint_with_config(chain_zoo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "probex.yaml", chain_zoo.root)
+    fit(["--config", str(cfg), *csv(tmp_path), "--trainer.default_root_dir", str(tmp_path)])
+    metrics = next(tmp_path.rglob("metrics.csv")).read_text()
+    for key in (
+        "train/loss",
+        "val/acc",
+        "val/exact",
+        "val/f1",
+        "test/acc",
+        "test/precision",
+        "test/recall",
+    ):
+        assert key in metrics
+    best = next(tmp_path.rglob("best-*.ckpt"))
+    ckpt = torch.load(best, weights_only=True)  # plain containers only: no unpickling of code
+    assert "nwa.metanets.ProbeX" in ckpt["nwa_config"]
+    assert ckpt["hyper_parameters"]["targets"]["kind"] == "multilabel"
+    assert next(tmp_path.rglob("config.yaml")).is_file()
+
+
+def test_configs_compose_and_cli_overrides(chain_zoo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = write_config(tmp_path / "base.yaml", chain_zoo.root)
+    (tmp_path / "regression.yaml").write_text(
+        yaml.safe_dump(
+            {"data": {"init_args": {"target": "properties", "properties": ["test_acc", "gen_gap"]}}}
+        )
+    )
+    fit(
+        [
+            "--config",
+            str(base),
+            "--config",
+            str(tmp_path / "regression.yaml"),
+            "--trainer.max_epochs",
+            "1",
+            *csv(tmp_path),
+        ]
+    )
+    metrics = next(tmp_path.rglob("metrics.csv")).read_text()
+    assert (
+        "test/r2_test_acc" in metrics
+        and "test/kendall_gen_gap" in metrics
+        and "test/rmse" in metrics
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoder", "init", "data"),
+    [
+        ("nwa.metanets.Dense", {"dim": 8}, {}),
+        ("nwa.metanets.FlatMLP", {"hidden": [16, 8]}, {"input": "flat", "layers": "*"}),
+        (
+            "nwa.metanets.PCAEncoder",
+            {"n_components": 4, "dim": 8},
+            {"input": "flat", "layers": "*"},
+        ),
+        ("nwa.metanets.StatNNMLP", {"hidden": [16]}, {"input": "stats", "layers": "*"}),
+        (
+            "nwa.metanets.NWPA",
+            {"hidden": 8, "heads": 2, "layers": 1},
+            {"input": "graph", "layers": "*.weight"},
+        ),
+        (
+            "nwa.metanets.WeightNet",
+            {"d_model": 8, "heads": 2},
+            {"input": "chain", "layers": "*.weight", "permute_augment": True},
+        ),
+    ],
+)
+def test_every_encoder_trains_through_the_cli(
+    chain_zoo, tmp_path, monkeypatch, encoder, init, data
+):
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "c.yaml", chain_zoo.root, encoder, init, **data)
+    fit(["--config", str(cfg), "--trainer.fast_dev_run", "true", *csv(tmp_path)])
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_wandb_offline_by_default_and_test_command(chain_zoo, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
+    r = run_cli(
+        [
+            "nwa.fit",
+            "--config",
+            str(cfg),
+            "--trainer.max_epochs",
+            "1",
+            "--run_name",
+            "probex-chains",
+        ],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    run_log = next(tmp_path.glob("runs/wandb/offline-run-*/run-*.wandb")).read_bytes()
+    assert (
+        b"nwa.metanets.ProbeX" in run_log and b"probex-chains" in run_log
+    )  # full config and run name
+    best = next(tmp_path.glob("runs/nwa/*/checkpoints/best-*.ckpt"))
+    assert "ProbeX" in (best.parent.parent / "config.yaml").read_text()
+    r = run_cli(
+        ["nwa.test", "--config", str(cfg), "--ckpt_path", str(best), "--trainer.logger", "false"],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "test/acc" in r.stdout
+    # Without --config, the config saved in the checkpoint rebuilds the run.
+    r = run_cli(["nwa.test", "--ckpt_path", str(best), "--trainer.logger", "false"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "test/acc" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--data.init_args.zoo", "/nonexistent/zoo"], "no such zoo"),
+        (["--data.init_args.layers", "fc.kernel"], "matches no tensor"),
+        (
+            ["--data.init_args.target", "properties", "--data.init_args.properties", "[sharpness]"],
+            "no label 'sharpness'",
+        ),
+    ],
+)
+def test_bad_recipe_fails_at_start_with_one_line(chain_zoo, tmp_path, override, message):
+    cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
+    r = run_cli(["nwa.fit", "--config", str(cfg), *override], tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_ddp_two_cpu_processes(chain_zoo, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
+    args = [
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "1",
+    ]
+    r = run_cli(["nwa.fit", "--config", str(cfg), *args, *csv(tmp_path)], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "test/acc" in r.stdout
+    assert next(tmp_path.rglob("best-*.ckpt")).is_file()
