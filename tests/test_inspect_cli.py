@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import nwa.weights.formats as wfmt
 import nwa.weights.io as wio
 from nwa.weights.__main__ import main
 from nwa.weights.inspection import parse_selector, tensor_stats
@@ -167,7 +168,7 @@ def test_listing_reads_no_tensor_data(files, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("tensor data was opened")
 
-    monkeypatch.setattr(wio, "safe_open", refuse)
+    monkeypatch.setattr(wfmt, "safe_open", refuse)
     assert main(["inspect", str(files["good"])]) == 0
     assert "classifier.weight" in capsys.readouterr().out
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import nwa.weights.io as wio
+import nwa.weights.formats as wfmt
 from nwa.errors import (
     CorruptWeightsError,
     LayerNotFoundError,
@@ -47,7 +47,7 @@ class _Recorder:
     def __init__(self, monkeypatch):
         self.opened: list[str] = []
         self.read: list[str] = []
-        real = wio.safe_open
+        real = wfmt.safe_open
         recorder = self
 
         class Handle:
@@ -59,7 +59,7 @@ class _Recorder:
                 recorder.read.append(name)
                 return self._h.get_tensor(name)
 
-        monkeypatch.setattr(wio, "safe_open", Handle)
+        monkeypatch.setattr(wfmt, "safe_open", Handle)
 
 
 def test_safetensors_round_trip(st_file):
@@ -89,7 +89,7 @@ def test_listing_reads_no_tensor_data(st_file, monkeypatch):
         calls.append(args)
         raise RuntimeError("tensor data was opened")
 
-    monkeypatch.setattr(wio, "safe_open", refuse)
+    monkeypatch.setattr(wfmt, "safe_open", refuse)
     src = open_weights(st_file)
     assert len(src.names()) == 5
     assert src.info("conv.weight").shape == (4, 3, 3, 3)
