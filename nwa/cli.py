@@ -98,6 +98,7 @@ class NwaCLI(LightningCLI):
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch}",
                 "trainer.logger": default_logger(),
+                "trainer.default_root_dir": os.environ.get("NWA_RUNS", "runs"),
                 "trainer.callbacks": [{"class_path": "nwa.cli.Summary"}],
             }
         )
@@ -164,14 +165,14 @@ def default_logger() -> dict[str, Any]:
 def main(subcommand: str, args: list[str] | None = None) -> Any:
     """Run one LightningCLI subcommand; nwa's own errors end the process with one line."""
     from nwa.data import ModelZooDataModule
-    from nwa.lit import WeightModule
+    from nwa.lit import WeightModule  # noqa: F401 - importable short name for configs
 
     argv = [subcommand, *(sys.argv[1:] if args is None else args)]
     # The entry points pass their own argv explicitly; Lightning warns about that by default.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     try:
         return NwaCLI(
-            WeightModule,
+            LightningModule,
             ModelZooDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,

@@ -1,0 +1,250 @@
+"""Mixture of tree experts: a tree router + one expert (encoder + task head) per tree."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from nwa.errors import ConfigError
+from nwa.experts import TreeRouter
+from nwa.lit import EncoderFactory, TaskFactory, WeightModule
+from nwa.tasks import Targets, Task, task_for
+from nwa.weights.spec import WeightShapes
+
+Batch = dict[str, torch.Tensor] | torch.Tensor
+
+
+def take(x: Batch, mask: torch.Tensor) -> Batch:
+    """The rows of a batch input (a matrix dict or a tensor) selected by ``mask``."""
+    return {k: v[mask] for k, v in x.items()} if isinstance(x, dict) else x[mask]
+
+
+def concat(parts: list[Batch]) -> Batch:
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+class MixtureOfTreeExperts(WeightModule):
+    """One expert per model tree, chosen by a :class:`~nwa.experts.TreeRouter` (ProbeX paper).
+
+    Before training (in ``setup``, so the experts' parameters reach the optimizer) the router is
+    fitted on the training models' ``router_layer`` (Ward clustering; the number of trees from
+    the dendrogram unless ``n_trees`` is set), and one expert per cluster is built from
+    ``encoder`` and ``task``. Every model, in training and evaluation, goes to the expert of its
+    nearest cluster centre. Metrics are those of :class:`~nwa.lit.WeightModule`, over all
+    experts' predictions, plus ``router/purity`` (clusters of the training models against the
+    manifest's trees), ``router/n_trees``, and ``val/router_purity``/``test/router_purity`` (the
+    routed held-out models against their trees).
+
+    Under DDP a batch may hold no model of some tree, leaving that expert without gradients:
+    use ``trainer.strategy: ddp_find_unused_parameters_true``.
+
+    A subclass of ``WeightModule`` so that ``python -m nwa.fit`` accepts it and it shares the
+    optimizer and metric logging; its single encoder is replaced by the experts.
+
+    Args:
+        encoder: Each expert's metanetwork, as ``class_path`` + ``init_args``.
+        task: Each expert's task; by default the one that fits the data's targets.
+        shapes: Linked from the data module; leave unset.
+        targets: Linked from the data module; leave unset.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        head_hidden: Hidden width of the default task's head (``None``: linear).
+        scheduler: ``none`` or ``cosine``.
+        router_layer: The layer the router clusters (one of the selected layers); ``None``: the
+            first selected layer. Needs ``data.input`` ``matrix`` or ``flat``.
+        n_trees: Number of trees; ``None`` reads it from the dendrogram.
+        gap_ratio: Dendrogram height ratio that separates trees (see
+            :func:`nwa.experts.count_trees`).
+    """
+
+    def __init__(
+        self,
+        encoder: EncoderFactory,
+        task: TaskFactory | None = None,
+        shapes: WeightShapes | None = None,
+        targets: Targets | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+        head_hidden: int | None = None,
+        scheduler: str = "none",
+        router_layer: str | None = None,
+        n_trees: int | None = None,
+        gap_ratio: float = 3.0,
+    ) -> None:
+        L.LightningModule.__init__(self)  # not WeightModule's: it would build a single encoder
+        if shapes is None or targets is None:
+            raise ValueError(
+                "shapes and targets come from the data module (python -m nwa.fit links them)"
+            )
+        layers = list(shapes.layers)
+        router_layer = router_layer or layers[0]
+        if router_layer not in layers:
+            raise ConfigError(
+                f"router_layer {router_layer!r} is not among the selected layers {layers}; "
+                "add it to data.layers"
+            )
+        self.save_hyperparameters(ignore=["encoder", "task", "shapes", "targets"])
+        self.hparams.update(
+            shapes=asdict(shapes), targets=asdict(targets), router_layer=router_layer
+        )
+        self.shapes, self.targets = shapes, targets
+        self._encoder_factory, self._task_factory = encoder, task
+        self.router = TreeRouter(n_trees, gap_ratio)
+        self.experts = nn.ModuleList()
+        self.metrics = nn.ModuleDict({s: self._make_task(1).metrics() for s in ("val", "test")})
+        self._routed: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+
+    # ----- building -----
+    def _make_task(self, dim: int) -> Task:
+        if self._task_factory is not None:
+            return self._task_factory(dim, self.targets)
+        return task_for(dim, self.targets, self.hparams.head_hidden)
+
+    def _build_experts(self, k: int) -> None:
+        experts = []
+        for _ in range(k):
+            enc = self._encoder_factory(self.shapes)
+            experts.append(nn.ModuleDict({"encoder": enc, "task": self._make_task(enc.out_dim)}))
+        self.experts = nn.ModuleList(experts)
+
+    @property
+    def task(self) -> Task:
+        """The experts' shared kind of task (for predictions; every expert's task is alike)."""
+        return self.experts[0]["task"] if len(self.experts) else self._make_task(1)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if dm is not None and getattr(dm, "input", "matrix") not in ("matrix", "flat"):
+            raise ConfigError(
+                f"MixtureOfTreeExperts routes on raw weights: data.input must be 'matrix' or "
+                f"'flat', got {dm.input!r}"
+            )
+        # The router is fitted with training, once; evaluation gets it (and the experts) from a
+        # checkpoint, in on_load_checkpoint.
+        if stage == "fit" and dm is not None and not len(self.experts):
+            self._fit_router(dm)
+
+    def _fit_router(self, dm: Any) -> None:
+        """Fit the router on the training models, then build and prepare one expert per tree."""
+        loader = dm.loader(dm.splits["train"])
+        batches = [(self._router_input(b["x"]), b["y"]) for b in loader]
+        rows = loader.dataset.rows
+        trees = list(rows["tree"]) if "tree" in rows else None
+        clusters = self.router.fit(torch.cat([f for f, _ in batches]), trees)
+        self._build_experts(self.router.n_trees)
+        y = torch.cat([y for _, y in batches])
+        # Non-gradient encoder parts (PCA) need every input; read them again only then.
+        x = concat([b["x"] for b in loader]) if hasattr(self.experts[0]["encoder"], "fit") else None
+        for k, expert in enumerate(self.experts):
+            mask = clusters == k
+            # Each expert sees only its own tree (the paper: other trees' models hurt).
+            if hasattr(expert["task"], "fit_scaler"):
+                expert["task"].fit_scaler(y[mask] if mask.sum() > 1 else y)
+            if x is not None:
+                expert["encoder"].fit(take(x, mask))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        centres = checkpoint["state_dict"].get("router.centres")
+        if centres is not None and len(self.experts) != centres.shape[0]:
+            self._build_experts(centres.shape[0])
+
+    def _check_built(self) -> None:
+        if not len(self.experts):
+            raise ConfigError(
+                "MixtureOfTreeExperts has no router or experts yet: train it (python -m nwa.fit) "
+                "or evaluate a checkpoint (--ckpt_path)"
+            )
+
+    def on_validation_start(self) -> None:
+        self._check_built()
+
+    def on_test_start(self) -> None:
+        self._check_built()
+
+    def on_predict_start(self) -> None:
+        self._check_built()
+
+    def on_fit_start(self) -> None:  # WeightModule's fits one scaler/encoder; done in setup
+        pass
+
+    # ----- routing and forward -----
+    def _router_input(self, x: Batch) -> torch.Tensor:
+        """The router layer's flattened weights, [B, d_H * d_W], from a matrix or flat batch."""
+        name = self.hparams.router_layer
+        if isinstance(x, dict):
+            return x[name].flatten(1)
+        start = 0
+        for layer, (d_h, d_w) in self.shapes.layers.items():
+            if layer == name:
+                return x[:, start : start + d_h * d_w]
+            start += d_h * d_w
+        raise KeyError(name)
+
+    def route(self, x: Batch) -> torch.Tensor:
+        """Cluster (expert) id of each model in the batch, [B]."""
+        return self.router.route(self._router_input(x))
+
+    def forward(self, x: Batch, clusters: torch.Tensor | None = None) -> torch.Tensor:
+        clusters = self.route(x) if clusters is None else clusters
+        out = None
+        for k, expert in enumerate(self.experts):
+            mask = clusters == k
+            if not mask.any():
+                continue
+            o = expert["task"](expert["encoder"](take(x, mask)))
+            if out is None:
+                out = o.new_zeros(len(clusters), o.shape[1])
+            out[mask] = o
+        return out
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
+        """Size-weighted mean of the experts' losses (each task standardizes with its scaler)."""
+        total = out.new_zeros(())
+        for k, expert in enumerate(self.experts):
+            mask = clusters == k
+            if mask.any():
+                total = total + expert["task"].loss(out[mask], y[mask]) * mask.sum()
+        return total / len(y)
+
+    # ----- steps -----
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        clusters = self.route(batch["x"])
+        loss = self._loss(self(batch["x"], clusters), batch["y"], clusters)
+        n = len(batch["y"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=n, on_epoch=True, on_step=False)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        clusters = self.route(batch["x"])
+        out = self(batch["x"], clusters)
+        loss = self._loss(out, batch["y"], clusters)
+        n = len(batch["y"])
+        self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True, prog_bar=stage == "val")
+        self.task.update(self.metrics[stage], out, batch["y"])
+        self._routed[stage].append((clusters.cpu(), batch["index"].cpu()))
+
+    def _log_router(self, stage: str) -> None:
+        routed, self._routed[stage] = self._routed[stage], []
+        self.log_dict(
+            {"router/purity": self.router.train_purity, "router/n_trees": self.router.n_trees * 1.0}
+        )
+        dm = self.trainer.datamodule
+        if not routed or dm is None or "tree" not in dm.dataset(stage).rows:
+            return
+        clusters = torch.cat([c for c, _ in routed]).tolist()
+        trees = dm.dataset(stage).rows["tree"].iloc[torch.cat([i for _, i in routed]).tolist()]
+        self.log(f"{stage}/router_purity", self.router.purity(clusters, list(trees)))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+        self._log_router("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+        self._log_router("test")
