@@ -136,7 +136,7 @@ def test_bad_input_gives_one_line(runs, files):
         (["truncated"], "truncated"),
         (["good", "--layer", "features.0.wieght"], "close names: features.0.weight"),
         (["good", "--layer", "7"], "out of range"),
-        (["good", "--layer", "re:("], "not a valid regex"),
+        (["good", "--layer", "re:("], "bad regex"),
     ],
 )
 def test_bad_input_in_process(files, capsys, argv, fragment):

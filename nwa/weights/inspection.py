@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nwa.errors import ConfigError
 from nwa.weights.io import LoraDelta, TensorInfo, WeightSource
 from nwa.weights.spec import LayerSelector, select_layers, to_matrix
 
@@ -110,13 +109,10 @@ def layer_report(source: WeightSource, selector: LayerSelector) -> list[LayerRep
         selector: Exact name, glob, ``re:`` regex or integer index, or a list of them.
 
     Raises:
-        LayerNotFoundError: The selector matches no tensor.
-        ConfigError: A ``re:`` selector is not a valid regular expression.
+        LayerNotFoundError: The selector matches no tensor, or a ``re:`` selector is not a valid
+            regular expression.
     """
-    try:
-        names = select_layers(source.names(), selector, path=source.path)
-    except re.error as e:
-        raise ConfigError(f"a layer selector is not a valid regex ({e}): {selector!r}") from None
+    names = select_layers(source.names(), selector, path=source.path)
     reports = []
     for name in names:
         t = source.get(name)

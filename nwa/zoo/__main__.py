@@ -1,0 +1,126 @@
+"""``python -m nwa.zoo {build,info,merge}``: build, describe and merge zoos.
+
+Examples::
+
+    python -m nwa.zoo build --config configs/zoo/default_vision.yaml --workers 2
+    python -m nwa.zoo build --config tiny --out /tmp/tiny --shard 0/2     # and 1/2, anywhere
+    python -m nwa.zoo merge /tmp/tiny
+    python -m nwa.zoo info /tmp/tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from nwa.errors import NwaError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m nwa.zoo", description="Build, describe and merge model zoos."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build (or resume) a zoo from a YAML config")
+    b.add_argument(
+        "--config", required=True, help="config file, or a name in configs/zoo (e.g. tiny)"
+    )
+    b.add_argument(
+        "--out", default=None, help="zoo folder (default $NWA_HOME/zoos/<name>-<config hash>)"
+    )
+    b.add_argument(
+        "--shard",
+        default="0/1",
+        help="I/N: build members I mod N (or 'slurm' for a job array task)",
+    )
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="parallel training processes (default: CPU cores, at most 8)",
+    )
+    b.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per job (default 1; zoos are bitwise reproducible at equal thread counts)",
+    )
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    i = sub.add_parser("info", help="describe a zoo")
+    i.add_argument(
+        "path", help="zoo folder, or a config (file or name) whose cached zoo to describe"
+    )
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.add_argument(
+        "--no-distances",
+        action="store_true",
+        help="skip the own-root vs other-root weight distances",
+    )
+    i.add_argument("--per-tree", type=int, default=10, help="members per tree used for distances")
+    m = sub.add_parser(
+        "merge", help="write the manifest of a sharded build once every shard finished"
+    )
+    m.add_argument("path", help="zoo folder")
+    return p
+
+
+def _zoo_path(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    from nwa.zoo.build import zoo_dir
+    from nwa.zoo.plan import load_config
+
+    if path.suffix in (".yaml", ".yml") or not path.exists():
+        try:
+            return zoo_dir(load_config(text))
+        except NwaError:
+            pass
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 on bad input, 130 when interrupted)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "build":
+            from nwa.zoo.build import _cores, build
+
+            workers = args.workers or min(_cores(), 8)
+            result = build(
+                args.config, args.out, args.shard, workers, args.threads, progress=not args.quiet
+            )
+            if result.zoo is None:
+                print(
+                    f"shard done ({len(result.trained)} trained, {result.seconds:.0f} s); other shards still have work: {result.path}"
+                )
+            else:
+                print(
+                    f"zoo ready ({len(result.zoo)} models, {len(result.trained)} trained now, {result.seconds:.0f} s): {result.path}"
+                )
+        elif args.command == "merge":
+            from nwa.zoo.build import merge
+
+            zoo = merge(args.path)
+            print(f"merged {len(zoo)} models: {zoo.root}")
+        else:
+            from nwa.zoo.info import describe, format_report
+            from nwa.zoo.manifest import Zoo
+
+            info = describe(Zoo.open(_zoo_path(args.path)), not args.no_distances, args.per_tree)
+            print(json.dumps(info, indent=2) if args.json else format_report(info))
+    except NwaError as e:
+        print(f"nwa: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nwa: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Zoos built on first use and cached under ``$NWA_HOME/zoos``.
+
+>>> path = ensure_zoo("default_vision")   # builds once (about 15 min on 2 cores), then reuses
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nwa.zoo.build import _cores, build, file_lock, zoo_dir
+from nwa.zoo.manifest import try_open
+from nwa.zoo.plan import load_config
+
+log = logging.getLogger("nwa.zoo")
+
+
+def ensure_zoo(
+    config: str | Path,
+    workers: int | None = None,
+    progress: bool = False,
+    home: str | Path | None = None,
+) -> Path:
+    """The folder of a finished zoo for ``config``, building (or resuming) it the first time.
+
+    The zoo lives in ``$NWA_HOME/zoos/<name>-<config hash>``, so an edited config gets a new zoo.
+    Concurrent callers wait on a file lock: one builds, the others then open the result.
+
+    Args:
+        config: Config file, or a name in ``configs/zoo`` (``"tiny"``, ``"default_vision"``).
+        workers: Training processes (default: one per CPU core, at most 8).
+        progress: Show the progress bar while building.
+        home: Cache root instead of ``$NWA_HOME``.
+
+    Raises:
+        ConfigError: Bad config (before any training).
+    """
+    cfg = load_config(config)
+    out = zoo_dir(cfg, home)
+    if _ready(out, cfg.digest()):
+        return out
+    with file_lock(out.parent / f".{out.name}.lock"):
+        if not _ready(out, cfg.digest()):
+            log.info("building zoo %s into %s (first use)", cfg.name, out)
+            build(cfg, out, workers=workers or min(_cores(), 8), progress=progress)
+    return out
+
+
+def _ready(out: Path, digest: str) -> bool:
+    zoo = try_open(out)
+    return (
+        zoo is not None
+        and zoo.meta.build.get("config_hash") == digest
+        and len(zoo) == zoo.meta.build.get("n_models")
+    )

@@ -1,0 +1,332 @@
+"""The discriminative zoo recipe: timm ResNet / ViT trees of class-subset fine-tunes (a small Model-J).
+
+Each tree has a root, pretrained here on every class of the source (its own random half of the
+training images and its own seed), or, for a forest, a random initialization. Members are full
+fine-tunes of a root on a random subset of the classes (half by default), with hyperparameters
+sampled per model. Labels, all restricted to the member's own classes (logits of other classes are
+ignored when predicting):
+
+- ``train_acc``: accuracy on the member's fine-tuning images (up to ``eval_images`` of them),
+- ``val_acc``: on held-out images from the source's training split (never used for training),
+- ``test_acc``: on the source's test split,
+- ``gen_gap``: ``train_acc - test_acc``,
+- ``robustness``: ``test_acc`` under Gaussian noise of std ``corruption_sigma`` (fixed seed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nwa.errors import ConfigError
+from nwa.zoo import datasets
+from nwa.zoo.classifiers import (
+    ARCHS,
+    AUGMENTATIONS,
+    accuracy,
+    build_model,
+    load_tensors,
+    pick,
+    stable_seed,
+    state_tensors,
+    train,
+)
+from nwa.zoo.manifest import ZooWriter
+from nwa.zoo.recipe import Job, Recipe
+from nwa.zoo.runner import save_root
+
+
+class VisionRecipe(Recipe):
+    """Trees of timm ResNet / ViT models fine-tuned on class subsets.
+
+    Args:
+        name: Prefix of tree and model ids; distinct per recipe in one zoo.
+        source: Image source (see :mod:`nwa.zoo.datasets`).
+        n_classes: Use the first ``n_classes`` classes of the source (default all).
+        archs: Architectures, keys of :data:`ARCHS`.
+        roots_per_arch: Trees per architecture (distinct roots).
+        members_per_tree: Fine-tuned members per tree.
+        forest: Roots are random initializations instead of pretrained models; with
+            ``members_per_tree: 1`` every member is its own tree (the paper's forest).
+        classes_per_member: Training classes per member (default half of ``n_classes``).
+        root_steps: Pretraining steps of each root.
+        root_lr: Pretraining learning rate.
+        root_batch_size: Pretraining batch size.
+        root_data_fraction: Fraction of the training images each root pretrains on (its own subset).
+        lr: Member learning rate range ``[low, high]``, sampled log-uniformly.
+        steps: Member step range ``[low, high]``, sampled uniformly (inclusive).
+        weight_decay: Member weight decay choices.
+        batch_size: Member batch size choices.
+        train_images: Choices for the number of fine-tuning images per member.
+        augment: Augmentation flags, each switched on per member with probability 1/2.
+        val_images: Images of the training split held out for validation (never trained on).
+        eval_images: Images per accuracy estimate.
+        corruption_sigma: Std of the Gaussian noise for ``robustness``.
+        splits: Fractions of members in train / val / test (per architecture).
+    """
+
+    def __init__(
+        self,
+        name: str = "vision",
+        source: str = "fashion_mnist",
+        n_classes: int | None = None,
+        archs: Sequence[str] = ("resnet_tiny", "vit_tiny"),
+        roots_per_arch: int = 2,
+        members_per_tree: int = 10,
+        forest: bool = False,
+        classes_per_member: int | None = None,
+        root_steps: int = 500,
+        root_lr: float = 2e-3,
+        root_batch_size: int = 128,
+        root_data_fraction: float = 0.5,
+        lr: Sequence[float] = (3e-4, 3e-3),
+        steps: Sequence[int] = (50, 150),
+        weight_decay: Sequence[float] = (0.0, 1e-4, 1e-2),
+        batch_size: Sequence[int] = (32, 64),
+        train_images: Sequence[int] = (500, 1000, 2000),
+        augment: Sequence[str] = ("hflip", "shift"),
+        val_images: int = 5000,
+        eval_images: int = 500,
+        corruption_sigma: float = 0.3,
+        splits: Sequence[float] = (0.7, 0.15, 0.15),
+    ) -> None:
+        self.name, self.source, self.n_classes = name, source, n_classes
+        self.archs, self.forest = list(archs), bool(forest)
+        self.roots_per_arch, self.members_per_tree = roots_per_arch, members_per_tree
+        self.classes_per_member = classes_per_member
+        self.root = {
+            "steps": root_steps,
+            "lr": root_lr,
+            "batch_size": root_batch_size,
+            "data_fraction": root_data_fraction,
+        }
+        self.space = {
+            "lr": list(lr),
+            "steps": list(steps),
+            "weight_decay": list(weight_decay),
+            "batch_size": list(batch_size),
+            "train_images": list(train_images),
+            "augment": list(augment),
+        }
+        self.val_images, self.eval_images = val_images, eval_images
+        self.corruption_sigma, self.splits = corruption_sigma, list(splits)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _n(self) -> int:
+        return self.n_classes or datasets.n_classes(self.source)
+
+    def _k(self) -> int:
+        return self.classes_per_member or self._n() // 2
+
+    def validate(self) -> None:
+        def bad(what: str) -> ConfigError:
+            return ConfigError(f"{type(self).__name__} {self.name!r}: {what}")
+
+        total = datasets.n_classes(self.source)
+        if self.n_classes is not None and not 2 <= self.n_classes <= total:
+            raise bad(f"n_classes={self.n_classes}, but source {self.source!r} has {total} classes")
+        if not self.archs:
+            raise bad("archs is empty")
+        for arch in self.archs:
+            if arch not in ARCHS:
+                raise bad(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+        if self.roots_per_arch < 1 or self.members_per_tree < 1:
+            raise bad(
+                f"zero models (roots_per_arch={self.roots_per_arch}, members_per_tree={self.members_per_tree}); need >= 1 each"
+            )
+        if not 1 <= self._k() < self._n():
+            raise bad(
+                f"classes_per_member={self._k()} must be in 1..{self._n() - 1} (the source has {self._n()})"
+            )
+        s = self.space
+        for key in ("lr", "steps"):
+            if len(s[key]) != 2 or not 0 < s[key][0] <= s[key][1]:
+                raise bad(f"{key} must be a range [low, high] with 0 < low <= high, got {s[key]}")
+        for key in ("weight_decay", "batch_size", "train_images"):
+            if not s[key] or min(s[key]) < 0 or (key != "weight_decay" and min(s[key]) < 1):
+                raise bad(f"{key} needs at least one valid choice, got {s[key]}")
+        if unknown := sorted(set(s["augment"]) - set(AUGMENTATIONS)):
+            raise bad(f"unknown augmentations {unknown}; known: {', '.join(AUGMENTATIONS)}")
+        if len(self.splits) != 3 or min(self.splits) < 0 or abs(sum(self.splits) - 1) > 1e-6:
+            raise bad(f"splits must be three fractions summing to 1, got {self.splits}")
+        if self.root["steps"] < 1 or not 0 < self.root["data_fraction"] <= 1:
+            raise bad("root_steps must be >= 1 and root_data_fraction in (0, 1]")
+        _, h, w = datasets.SHAPES[self.source]
+        for arch in self.archs:
+            patch = ARCHS[arch].get("patch_size")
+            if patch and (h % patch or w % patch):
+                raise bad(
+                    f"{arch} patch size {patch} does not divide the {h}x{w} images of {self.source!r}"
+                )
+
+    def classes(self) -> list[str]:
+        return datasets.class_names(self.source, self._n())
+
+    def label_schema(self) -> dict[str, str]:
+        reg = dict.fromkeys(
+            ("train_acc", "val_acc", "test_acc", "gen_gap", "robustness"), "regression"
+        )
+        return {"classes": "multilabel", **reg}
+
+    # -- plan ----------------------------------------------------------------------------------
+
+    def plan(self, seed: int) -> list[Job]:
+        rng = np.random.default_rng(stable_seed(seed, self.name, "plan"))
+        roots, members = [], []
+        for arch in self.archs:
+            trees = [f"{self.name}-{arch}-{j}" for j in range(self.roots_per_arch)]
+            n_arch = len(trees) * self.members_per_tree
+            cut = np.cumsum([round(f * n_arch) for f in self.splits[:2]])
+            order = rng.permutation(n_arch)
+            split_of = {
+                int(i): ("train" if r < cut[0] else "val" if r < cut[1] else "test")
+                for r, i in enumerate(order)
+            }
+            for j, tree in enumerate(trees):
+                rid = f"{tree}-root"
+                roots.append(
+                    Job(
+                        rid,
+                        "root",
+                        tree,
+                        params={"arch": arch, "seed": stable_seed(seed, tree, "root"), **self.root},
+                    )
+                )
+                for k in range(self.members_per_tree):
+                    split = split_of[j * self.members_per_tree + k]
+                    members.append(
+                        Job(f"{tree}-m{k:03d}", "member", tree, rid, split, self._sample(rng, arch))
+                    )
+        return roots + members
+
+    def _sample(self, rng: np.random.Generator, arch: str) -> dict[str, Any]:
+        s = self.space
+        lo, hi = np.log(s["lr"][0]), np.log(s["lr"][1])
+        hp = {
+            "lr": float(np.exp(rng.uniform(lo, hi))),
+            "steps": int(rng.integers(s["steps"][0], s["steps"][1] + 1)),
+            "weight_decay": float(rng.choice(s["weight_decay"])),
+            "batch_size": int(rng.choice(s["batch_size"])),
+            "train_images": int(rng.choice(s["train_images"])),
+            **{f: bool(rng.random() < 0.5) for f in s["augment"]},
+            "seed": int(rng.integers(0, 2**31 - 1)),
+        }
+        classes = sorted(int(c) for c in rng.choice(self._n(), size=self._k(), replace=False))
+        return {"arch": arch, "classes": classes, "hparams": hp}
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _data(self) -> tuple[datasets.ImageData, torch.Tensor, torch.Tensor]:
+        """The source, and its training split cut into (fine-tune pool, validation) indices."""
+        data = datasets.load_source(self.source, self._n())
+        perm = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(0))
+        n_val = min(self.val_images, len(perm) // 5)
+        return data, perm[n_val:], perm[:n_val]
+
+    def _model(self, arch: str, data: datasets.ImageData) -> nn.Module:
+        c, h, _ = data.shape
+        return build_model(arch, len(data.classes), c, h)
+
+    def run(
+        self, job: Job, writer: ZooWriter, root: dict[str, torch.Tensor] | None
+    ) -> dict[str, Any]:
+        data, pool, val = self._data()
+        p = job.params
+        if job.kind == "root":
+            return self._root(job, writer, data, pool, val)
+        torch.manual_seed(p["hparams"]["seed"])
+        model = self._model(p["arch"], data)
+        if root is None:
+            raise ValueError(f"member {job.id} needs its root's tensors")
+        load_tensors(model, root)
+        hp, classes = p["hparams"], p["classes"]
+        train_idx = pool[pick(data.train_y[pool], classes, hp["train_images"], hp["seed"])]
+        flags = {f: hp.get(f, False) for f in AUGMENTATIONS}
+        x, y = data.train_x[train_idx], data.train_y[train_idx]
+        loss = train(
+            model,
+            x,
+            y,
+            hp["steps"],
+            hp["lr"],
+            hp["weight_decay"],
+            hp["batch_size"],
+            hp["seed"],
+            flags,
+        )
+        ev = self._evaluate(model, data, classes, x, y, val)
+        meta = {
+            "nwa.arch": p["arch"],
+            "nwa.classes": json.dumps([data.classes[c] for c in classes]),
+        }
+        path = writer.save_weights(job.id, state_tensors(model), meta)
+        row = {"id": job.id, "path": path, "arch": p["arch"], "classes": classes, "hparams": hp}
+        return row | ev | {"labels": {"final_loss": loss}}
+
+    def _evaluate(
+        self,
+        model: nn.Module,
+        data: datasets.ImageData,
+        classes: list[int],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        val: torch.Tensor,
+    ) -> dict[str, float]:
+        n = self.eval_images
+        vi = val[pick(data.train_y[val], classes, n, 1)]
+        ti = pick(data.test_y, classes, n, 2)
+        tx, ty = data.test_x[ti], data.test_y[ti]
+        return {
+            "train_acc": accuracy(model, x[:n], y[:n], classes),
+            "val_acc": accuracy(model, data.train_x[vi], data.train_y[vi], classes),
+            "test_acc": accuracy(model, tx, ty, classes),
+            "robustness": accuracy(model, tx, ty, classes, self.corruption_sigma),
+        }
+
+    def _root(
+        self,
+        job: Job,
+        writer: ZooWriter,
+        data: datasets.ImageData,
+        pool: torch.Tensor,
+        val: torch.Tensor,
+    ) -> dict[str, Any]:
+        p = job.params
+        torch.manual_seed(p["seed"])
+        model = self._model(p["arch"], data)
+        info: dict[str, Any] = {
+            "arch": p["arch"],
+            "init": "random" if self.forest else "pretrained",
+            "seed": p["seed"],
+        }
+        if not self.forest:
+            g = torch.Generator().manual_seed(p["seed"])
+            sub = pool[
+                torch.randperm(len(pool), generator=g)[
+                    : max(1, int(p["data_fraction"] * len(pool)))
+                ]
+            ]
+            loss = train(
+                model,
+                data.train_x[sub],
+                data.train_y[sub],
+                p["steps"],
+                p["lr"],
+                0.0,
+                p["batch_size"],
+                p["seed"],
+            )
+            ti = pick(data.test_y, range(len(data.classes)), 2 * self.eval_images, 2)
+            acc = accuracy(model, data.test_x[ti], data.test_y[ti], range(len(data.classes)))
+            info |= {k: p[k] for k in ("steps", "lr", "batch_size", "data_fraction")} | {
+                "final_loss": loss,
+                "test_acc": acc,
+            }
+        path = save_root(writer, job.id, state_tensors(model), {"nwa.arch": p["arch"]})
+        return {"path": path, **info}

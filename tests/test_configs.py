@@ -1,0 +1,50 @@
+"""Every recipe in configs/ parses and runs end to end (fast_dev_run) on the tiny zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nwa.fit import run as fit
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+FRAGMENTS = sorted((Path(__file__).resolve().parents[1] / "configs" / "shared").glob("*.yaml"))
+
+
+def test_there_is_a_recipe_per_method():
+    names = {p.stem for p in CONFIGS}
+    for method in ("probex", "dense", "statnn", "statnn_mlp", "pca", "mlp", "nwpa", "weightnet", "experts"):
+        assert any(n.startswith(method) for n in names), f"no recipe for {method}"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_recipe_runs_on_the_tiny_zoo(config, tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    assert raw["data"]["init_args"]["zoo"] in ("default_vision", "default_lora"), "recipes name an embedded zoo"
+    cli, results = fit(
+        [
+            *("--config", str(config)),
+            *("--data.init_args.zoo", str(tiny_zoo)),
+            *("--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)),
+            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)),
+        ]
+    )
+    assert results and any(k.startswith("test/") for k in results[0])
+
+
+@pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: p.stem)
+def test_fragments_compose_with_a_recipe(fragment, tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = Path(__file__).resolve().parents[1] / "configs" / "probex_vision.yaml"
+    cli, results = fit(
+        [
+            *("--config", str(base), "--config", str(fragment)),
+            *("--data.init_args.zoo", str(tiny_zoo)),
+            *("--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)),
+            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)),
+        ]
+    )
+    assert results
