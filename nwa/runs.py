@@ -66,6 +66,7 @@ class Run:
         config: The run's config as logged: the CLI config when the run came from ``nwa.fit``.
         history: One row per logging call: ``epoch``, ``step`` and one column per metric.
         summary: Last logged value of every metric (W&B's run summary).
+        finished: Whether the run's end was logged (W&B's exit record); ``None`` for CSV logs.
     """
 
     name: str
@@ -76,6 +77,7 @@ class Run:
     config: dict[str, Any]
     history: pd.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
+    finished: bool | None = None
 
     @property
     def metrics(self) -> list[str]:
@@ -299,6 +301,7 @@ def _load_wandb(file: Path, folder: Path) -> Run:
     summary: dict[str, Any] = {}
     configs: list[dict[str, Any]] = []
     info: dict[str, str] = {"id": file.stem.removeprefix("run-"), "name": "", "group": ""}
+    finished = False
     for record in wandb_records(file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -313,10 +316,14 @@ def _load_wandb(file: Path, folder: Path) -> Run:
             summary.update({_item_key(i): json.loads(i.value_json) for i in record.summary.update})
             for i in record.summary.remove:
                 summary.pop(_item_key(i), None)
+        elif kind == "exit":
+            finished = True
     config = _cli_config(configs)
     name, group = _name_and_group(config, info["name"], info["group"], info["id"])
     summary = {k: v for k, v in summary.items() if not k.startswith("_")}
-    return Run(name, group, "wandb", folder, info["id"], config, pd.DataFrame(rows), summary)
+    history = pd.DataFrame(rows)
+    history = history[[*[a for a in AXES if a in history], *sorted(set(history) - set(AXES))]]
+    return Run(name, group, "wandb", folder, info["id"], config, history, summary, finished)
 
 
 def _history_row(items: Iterable[Any]) -> dict[str, Any]:

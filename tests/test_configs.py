@@ -15,7 +15,17 @@ FRAGMENTS = sorted((Path(__file__).resolve().parents[1] / "configs" / "shared").
 
 def test_there_is_a_recipe_per_method():
     names = {p.stem for p in CONFIGS}
-    for method in ("probex", "dense", "statnn", "statnn_mlp", "pca", "mlp", "nwpa", "weightnet", "experts"):
+    for method in (
+        "probex",
+        "dense",
+        "statnn",
+        "statnn_mlp",
+        "pca",
+        "mlp",
+        "nwpa",
+        "weightnet",
+        "experts",
+    ):
         assert any(n.startswith(method) for n in names), f"no recipe for {method}"
 
 
@@ -23,13 +33,20 @@ def test_there_is_a_recipe_per_method():
 def test_recipe_runs_on_the_tiny_zoo(config, tiny_zoo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw = yaml.safe_load(config.read_text())
-    assert raw["data"]["init_args"]["zoo"] in ("default_vision", "default_lora"), "recipes name an embedded zoo"
+    assert raw["data"]["init_args"]["zoo"] in ("default_vision", "default_lora"), (
+        "recipes name an embedded zoo"
+    )
     cli, results = fit(
         [
             *("--config", str(config)),
             *("--data.init_args.zoo", str(tiny_zoo)),
             *("--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)),
-            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)),
+            *(
+                "--trainer.logger",
+                "lightning.pytorch.loggers.CSVLogger",
+                "--trainer.logger.save_dir",
+                str(tmp_path),
+            ),
         ]
     )
     assert results and any(k.startswith("test/") for k in results[0])
@@ -44,7 +61,12 @@ def test_fragments_compose_with_a_recipe(fragment, tiny_zoo, tmp_path, monkeypat
             *("--config", str(base), "--config", str(fragment)),
             *("--data.init_args.zoo", str(tiny_zoo)),
             *("--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)),
-            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)),
+            *(
+                "--trainer.logger",
+                "lightning.pytorch.loggers.CSVLogger",
+                "--trainer.logger.save_dir",
+                str(tmp_path),
+            ),
         ]
     )
     assert results

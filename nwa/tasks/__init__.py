@@ -146,7 +146,10 @@ class PerProperty(tm.Metric):
         self.inner.update(preds, target)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        values = torch.atleast_1d(self.inner.compute())
+        try:
+            values = torch.atleast_1d(self.inner.compute())
+        except ValueError:  # R^2 and tau are undefined on fewer than two models
+            values = torch.full((len(self.names),), float("nan"))
         out = {name: v for name, v in zip(self.names, values)}
         out["mean"] = values.mean()
         return out

@@ -80,7 +80,9 @@ def select_layers(
             try:
                 rx = re.compile(item[3:])
             except re.error as e:
-                raise LayerNotFoundError(path, f"bad regex in layer selector {item!r}: {e}") from None
+                raise LayerNotFoundError(
+                    path, f"bad regex in layer selector {item!r}: {e}"
+                ) from None
             found = [n for n in available if rx.fullmatch(n)]
         elif any(c in item for c in "*?["):
             found = [n for n in available if fnmatch.fnmatchcase(n, item)]
