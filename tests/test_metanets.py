@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import Batch
 
@@ -23,38 +22,7 @@ from nwa.metanets import (
 )
 from nwa.weights.graph import chain_from_tensors, chain_shapes, chain_to_graph
 from nwa.weights.symmetry import permute_chain, random_hidden_permutations
-
-
-# The same real networks as tests/test_symmetry.py (kept here so each test file stands alone).
-def conv_chain(gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """conv 1->8 3x3, conv 8->8 3x3, global average pool, linear 8->10 (raw layouts)."""
-    shapes = [(8, 1, 3, 3), (8, 8, 3, 3), (10, 8)]
-    return [torch.randn(s, generator=gen) * 0.5 for s in shapes], [
-        torch.randn(s[0], generator=gen) * 0.1 for s in shapes
-    ]
-
-
-def conv_forward(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    h = F.relu(F.conv2d(x, ws[0], bs[0], padding=1))
-    h = F.relu(F.conv2d(h, ws[1], bs[1], padding=1))
-    return F.linear(h.mean(dim=(2, 3)), ws[2], bs[2])
-
-
-def mlp_chain(gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """MLP 6 -> 16 -> 12 -> 4."""
-    shapes = [(16, 6), (12, 16), (4, 12)]
-    return [torch.randn(s, generator=gen) * 0.5 for s in shapes], [
-        torch.randn(s[0], generator=gen) * 0.1 for s in shapes
-    ]
-
-
-def mlp_forward(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    for i, (w, b) in enumerate(zip(ws, bs)):
-        x = F.linear(x, w, b)
-        if i < len(ws) - 1:
-            x = torch.tanh(x)
-    return x
-
+from tests.chains import conv_chain, conv_forward, mlp_chain, mlp_forward
 
 B = 3
 LAYERS = {"conv.weight": (8, 27), "fc.weight": (10, 8)}

@@ -367,7 +367,7 @@ def _open_zoo(zoo: str, adapter: str | None) -> Zoo:
     if is_config or (not path.exists() and "/" not in zoo):
         from nwa.zoo.cache import ensure_zoo
 
-        path = ensure_zoo(zoo)
+        path = ensure_zoo(zoo, progress=True)
     if not path.exists():
         raise ConfigError(
             f"{path}: no such zoo (give a zoo directory, a public-zoo folder with its adapter, or tiny/default_vision/default_lora)"

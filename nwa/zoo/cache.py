@@ -42,6 +42,11 @@ def ensure_zoo(
     with file_lock(out.parent / f".{out.name}.lock"):
         if not _ready(out, cfg.digest()):
             log.info("building zoo %s into %s (first use)", cfg.name, out)
+            if progress:
+                print(
+                    f"nwa: building zoo {cfg.name!r} into {out} (first use; later runs reuse it)",
+                    flush=True,
+                )
             build(cfg, out, workers=workers or min(_cores(), 8), progress=progress)
     return out
 
