@@ -118,6 +118,8 @@ class NwaCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "fit":
+            _default_name_and_group(cfg)
         logger = cfg.get("trainer", {}).get("logger")
         if isinstance(logger, dict) or hasattr(logger, "init_args"):
             args = logger["init_args"] if isinstance(logger, dict) else logger.init_args
@@ -125,6 +127,20 @@ class NwaCLI(LightningCLI):
                 args["name"] = cfg["run_name"]
             if cfg.get("group") and "group" in args:
                 args["group"] = cfg["group"]
+
+
+def _default_name_and_group(cfg: Any) -> None:
+    """Name a run after its recipe and group it by zoo unless told otherwise (``nwa.runs``
+    documents the scheme), so the saved config, the W&B run and the CSV folder all carry both."""
+    from nwa.runs import default_group, default_run_name
+
+    logger = cfg.get("trainer", {}).get("logger")
+    args = logger["init_args"] if isinstance(logger, dict) else getattr(logger, "init_args", None)
+    # an explicit logger name (--trainer.logger.name) is the user's choice: keep it
+    if cfg.get("run_name") is None and not (args and args.get("name")):
+        cfg["run_name"] = default_run_name([str(p) for p in cfg.get("config") or []])
+    if cfg.get("group") is None:
+        cfg["group"] = default_group(cfg.get("data"))
 
 
 def _one_line_errors(inner: Any) -> Any:

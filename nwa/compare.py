@@ -71,7 +71,7 @@ class Comparison:
         """Fields as rows, one column per run, values as display strings."""
         rows = [*IDENTITY, *self.differences, *_metric_columns(self.metrics)]
         frame = self.table.set_index("run")[rows].T
-        return frame.map(_fmt)
+        return frame.apply(lambda column: column.map(_fmt))  # DataFrame.map needs pandas 2.1
 
     def to_markdown(self) -> str:
         """The side-by-side table as GitHub Markdown."""
@@ -123,7 +123,7 @@ class Comparison:
             "plot": out / "curves.png",
         }
         paths["markdown"].write_text(self.to_markdown())
-        self.table.map(_cell).to_csv(paths["csv"], index=False)
+        self.table.apply(lambda column: column.map(_cell)).to_csv(paths["csv"], index=False)
         self.plot(paths["plot"], x=x)
         return paths
 
@@ -173,21 +173,7 @@ def compare_runs(
             metric shared by all runs.
     """
     runs = list(runs)
-    if not runs:
-        raise NwaError("no runs to compare")
-    for run in runs:
-        if not run.metrics:
-            # wandb-core writes the log asynchronously, even for a moment after wandb.finish()
-            still = " yet (still being written?)" if run.finished is False else ""
-            raise NwaError(f"{run.path}: no metric logged{still}")
-    logged = sorted({m for r in runs for m in r.metrics})
-    if metrics:
-        missing = [m for m in metrics if m not in logged]
-        if missing:
-            raise NwaError(f"no run logged {missing}; they log {logged}")
-    metrics = list(metrics or common_metrics(runs))
-    if not metrics:
-        raise NwaError(f"the runs share no metric; pick some with --metrics from {logged}")
+    metrics = _pick_metrics(runs, metrics)
     differences = config_differences(runs, ignore)
     labels = _unique_labels(runs)
     rows = []
@@ -198,6 +184,25 @@ def compare_runs(
             row |= {f"{m} final": run.final(m), f"{m} best": run.best(m)}
         rows.append(row)
     return Comparison(runs, labels, metrics, differences, pd.DataFrame(rows))
+
+
+def _pick_metrics(runs: list[Run], metrics: Sequence[str] | None) -> list[str]:
+    """The requested metrics, or those all runs share; errors name what is missing."""
+    if not runs:
+        raise NwaError("no runs to compare")
+    for run in runs:
+        if not run.metrics:
+            # wandb-core writes the log asynchronously, even for a moment after wandb.finish()
+            still = " yet (still being written?)" if run.finished is False else ""
+            raise NwaError(f"{run.path}: no metric logged{still}")
+    logged = sorted({m for r in runs for m in r.metrics})
+    missing = [m for m in metrics or [] if m not in logged]
+    if missing:
+        raise NwaError(f"no run logged {missing}; they log {logged}")
+    picked = list(metrics or common_metrics(runs))
+    if not picked:
+        raise NwaError(f"the runs share no metric; pick some with --metrics from {logged}")
+    return picked
 
 
 def compare(
@@ -284,7 +289,7 @@ def _fmt(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    text = _cell(value)
+    text = str(_cell(value))
     return text if len(text) <= _WIDTH else text[: _WIDTH - 3] + "..."
 
 

@@ -183,7 +183,9 @@ def _get(obj: Any, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _name_and_group(config: dict[str, Any], name: str | None, group: str | None, fallback: str):
+def _name_and_group(
+    config: dict[str, Any], name: str | None, group: str | None, fallback: str
+) -> tuple[str, str]:
     name = config.get("run_name") or name or fallback
     group = config.get("group") or group or default_group(config.get("data")) or ""
     return str(name), str(group)

@@ -151,8 +151,13 @@ def test_checkpoint_folder_reads_its_wandb_run_and_runs_are_found(runs):
 
 def test_compare_runs_picks_metrics_and_rejects_unknown_ones(runs):
     both = [load_run(runs["wandb"]), load_run(runs["csv"])]
+    both[1].config["trainer"]["max_epochs"] = 5  # an int field and a list field differ too
+    both[1].config["data"]["init_args"]["layers"] = ["fc.weight", "conv1.weight"]
     comparison = compare_runs(both, metrics=["test/acc", "val/loss"])
     assert comparison.metrics == ["test/acc", "val/loss"]
+    table = comparison.side_by_side()
+    assert list(table.loc["trainer.max_epochs"]) == ["3", "5"]
+    assert list(table.loc["data.init_args.layers"]) == ["fc.weight", '["fc.weight","conv1.weight"]']
     assert list(comparison.side_by_side().index[-4:]) == [
         "test/acc final",
         "test/acc best",

@@ -30,6 +30,7 @@ def kernel_env(tmp_path_factory):
         mp.setenv("JUPYTER_PATH", str(tmp / "jupyter"))  # searched before every other kernel dir
         mp.setenv("NWA_HOME", str(tmp / "nwa_home"))
         mp.setenv("NWA_NOTEBOOK_QUICK", "1")
+        mp.setenv("TMPDIR", str(tmp))  # the notebooks' temporary run folders land here
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         yield tmp
