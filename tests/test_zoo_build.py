@@ -53,8 +53,8 @@ def test_tiny_zoo_opens_with_labels_and_roots(
 ) -> None:
     zoo = Zoo.open(tiny_vision_zoo)
     plan = make_plan(tiny_vision_config)
-    assert len(zoo) == len(plan.members) == 15
-    assert len(zoo.meta.trees) == 7 and len(zoo.meta.classes) == 10
+    assert len(zoo) == len(plan.members) == 18  # 2 archs x 2 roots x 3 + a forest of 6
+    assert len(zoo.meta.trees) == 10 and len(zoo.meta.classes) == 10
     assert zoo.meta.classes[7] == "sneaker"
     assert set(zoo.table["split"]) == {"train", "val", "test"}
     for _, row in zoo.table.iterrows():
@@ -85,7 +85,7 @@ def test_info_cli(tiny_vision_zoo: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["info", str(tiny_vision_zoo)]) == 0
     out = capsys.readouterr().out
     for text in (
-        "15 models",
+        "18 models",
         "splits:",
         "label balance",
         "test_acc",
@@ -96,7 +96,7 @@ def test_info_cli(tiny_vision_zoo: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert text in out
     assert main(["info", str(tiny_vision_zoo), "--json", "--no-distances"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["models"] == 15 and sum(info["splits"].values()) == 15
+    assert info["models"] == 18 and sum(info["splits"].values()) == 18
     assert describe(Zoo.open(tiny_vision_zoo), distances=False)["accuracy"]["test_acc"]["max"] <= 1
 
 
