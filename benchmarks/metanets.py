@@ -220,10 +220,13 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="two trees, fewer methods")
     args = parser.parse_args()
-    from nwa.data import ModelZooDataModule
+    from nwa.weights.adapters import open_zoo
+    from nwa.zoo.cache import ensure_zoo
 
-    probe = ModelZooDataModule(args.zoo, layers="*", trees=["vision-*"], normalize=False)
-    trees = sorted(set(probe.rows["tree"]))
+    zoo = open_zoo(
+        ensure_zoo(args.zoo, progress=True) if not Path(args.zoo).exists() else Path(args.zoo)
+    )
+    trees = sorted(t for t in set(zoo.table["tree"]) if t.startswith("vision-"))
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     runs = plan(trees, args.quick)
