@@ -35,8 +35,8 @@ FAMILIES = {
 CLASSIFIERS = {
     "ProbeX": ("probex_vision.yaml", []),
     "Dense": ("dense_vision.yaml", []),
-    "StatNN-GBT": ("statnn_vision.yaml", ["--data.init_args.layers", "[*.weight, *.bias]"]),
-    "StatNN-MLP": ("statnn_mlp_vision.yaml", ["--data.init_args.layers", "[*.weight, *.bias]"]),
+    "StatNN-GBT": ("statnn_vision.yaml", ["--data.init_args.layers", '["*.weight", "*.bias"]']),
+    "StatNN-MLP": ("statnn_mlp_vision.yaml", ["--data.init_args.layers", '["*.weight", "*.bias"]']),
     "PCA": ("pca_vision.yaml", []),
     "FlatMLP": ("mlp_vision.yaml", ["--data.init_args.target", "classes"]),
 }
@@ -62,7 +62,12 @@ def one_run(
             str(save),
         ),
         *("--trainer.default_root_dir", str(save), "--trainer.enable_progress_bar", "false"),
-        *(["--trainer.max_epochs", str(epochs)] if epochs else []),
+        # the boosted trees fit once, in their single epoch
+        *(
+            ["--trainer.max_epochs", str(epochs)]
+            if epochs and config != "statnn_vision.yaml"
+            else []
+        ),
         *extra,
     ]
     start = time.perf_counter()
@@ -234,7 +239,10 @@ def main() -> None:
         print(f"[{i}/{len(runs)}] {name}", flush=True)
         try:
             row = one_run(name, config, extra, args.out, args.zoo, args.epochs)
-        except Exception as e:  # a failing method is reported in the table, not hidden
+        except (
+            Exception,
+            SystemExit,
+        ) as e:  # a failing method is reported in the table, not hidden
             row = {"run": name, "error": f"{type(e).__name__}: {e}"}
         rows.append({"method": method, **labels, **row})
         df = pd.DataFrame(rows)

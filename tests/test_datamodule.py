@@ -192,3 +192,16 @@ def test_bad_configuration_fails_clearly(chain_zoo, tmp_path):
         ModelZooDataModule(root, layers="fc.weights")
     with pytest.raises(ConfigError, match="permute_augment"):
         ModelZooDataModule(root, layers="fc.weight", permute_augment=True)
+
+
+def test_stats_features_are_computed_once_per_model(chain_zoo, monkeypatch):
+    import nwa.weights.stats as stats
+
+    calls = []
+    original = stats.statnn_features
+    monkeypatch.setattr(stats, "statnn_features", lambda ts: calls.append(1) or original(ts))
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="*", input="stats", batch_size=4)
+    for _ in range(3):
+        for _ in dm.train_dataloader():
+            pass
+    assert len(calls) == len(dm.dataset("train"))
