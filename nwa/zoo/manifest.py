@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from nwa.atomic import atomic_path, atomic_write_text
 from nwa.errors import NwaError, ZooError
-from nwa.weights.io import WeightSource, open_weights
+from nwa.weights.io import LoraDelta, WeightSource, open_weights
 
 FORMAT = "nwa-zoo/1"
 SPLITS = ("train", "val", "test", "val_holdout", "test_holdout")
@@ -190,6 +190,7 @@ class Zoo:
         self.root = Path(root)
         self._opener = opener
         self._by_id = {mid: i for i, mid in enumerate(self.table["id"])}
+        self._lora: dict[str, bool] = {}
 
     @classmethod
     def open(cls, path: str | Path, check_files: bool = True) -> Zoo:
@@ -274,7 +275,14 @@ class Zoo:
         row = self.row(model) if isinstance(model, str) else model
         if self._opener is not None:
             return self._opener(self, row)
-        return open_weights(self.root / row["path"])
+        # Whether the files hold LoRA factors is decided once per architecture, so opening a
+        # member on a hot path does not parse its header just to detect that.
+        arch = row["arch"]
+        if arch not in self._lora:
+            source = open_weights(self.root / row["path"])
+            self._lora[arch] = isinstance(source, LoraDelta)
+            return source
+        return open_weights(self.root / row["path"], lora=self._lora[arch])
 
     def split(self, *names: str) -> pd.DataFrame:
         """The rows in the given splits."""
