@@ -209,9 +209,11 @@ def load_run(path: str | Path) -> Run:
         return _load_csv(p)
     if p.is_dir() and (p / "config.yaml").is_file() and (p / "checkpoints").is_dir():
         return _load_wandb(_wandb_file_for(p), p)
+    if p.is_dir() and len(inside := find_runs(p)) == 1:  # e.g. a bench run: <run>/<run>/version_0
+        return load_run(inside[0])
     raise RunError(
         f"{p}: not a run (expected a W&B run folder with run-<id>.wandb, a CSV log folder "
-        "with metrics.csv, or a checkpoint folder runs/nwa/<id>)"
+        "with metrics.csv, a checkpoint folder runs/nwa/<id>, or a folder holding one of these)"
     )
 
 

@@ -168,3 +168,16 @@ def test_plots_write_pngs(tmp_path):
     assert project_2d(z, "tsne").shape == (15, 2)
     with pytest.raises(ValueError, match="3 points"):
         project_2d(z[:2])
+
+
+@pytest.mark.parametrize("n,d", [(4, 300), (30, 20), (6, 6)])
+def test_ledoit_wolf_mahalanobis_matches_sklearn(n, d):
+    from sklearn.covariance import LedoitWolf
+
+    from nwa.eval.oneclass import ledoit_wolf_mahalanobis
+
+    rng = np.random.default_rng(n + d)
+    fit = rng.normal(size=(n, d)) * rng.random(d) + 3.0
+    test = rng.normal(size=(9, d)) + 3.0
+    expected = LedoitWolf().fit(fit).mahalanobis(test)
+    np.testing.assert_allclose(ledoit_wolf_mahalanobis(fit, test), expected, rtol=1e-9)

@@ -175,6 +175,7 @@ def _bad(config: dict, **changes: object) -> dict:
         ({"source": "imagenet"}, "unknown image source 'imagenet'"),
         ({"member_per_tree": 3}, "did you mean 'members_per_tree'"),
         ({"steps": [10]}, "steps must be a range"),
+        ({"split_within": "root"}, "split_within must be 'arch' or 'tree'"),
     ],
 )
 def test_bad_config_fails_before_training(
@@ -227,6 +228,21 @@ def test_every_zoo_config_plans(tmp_path: Path) -> None:
     for path in sorted((REPO / "configs" / "zoo").glob("*.yaml")):
         plan = make_plan(path)
         assert plan.members, path
+
+
+def test_splits_within_each_tree() -> None:
+    from collections import Counter
+
+    from nwa.zoo.vision import VisionRecipe
+
+    kw = {"archs": ["resnet_micro"], "roots_per_arch": 3, "members_per_tree": 10}
+    kw["splits"] = [0.6, 0.2, 0.2]
+    by_tree = VisionRecipe(**kw, split_within="tree").plan(seed=0)
+    counts = Counter((j.tree, j.split) for j in by_tree if j.kind == "member")
+    for t in {j.tree for j in by_tree}:
+        assert (counts[t, "train"], counts[t, "val"], counts[t, "test"]) == (6, 2, 2)
+    by_arch = [j for j in VisionRecipe(**kw).plan(seed=0) if j.kind == "member"]
+    assert Counter(j.split for j in by_arch) == {"train": 18, "val": 6, "test": 6}
 
 
 def test_datamodule_opens_the_built_zoo(tiny_vision_zoo: Path) -> None:

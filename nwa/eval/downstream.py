@@ -96,10 +96,10 @@ def random_projection(x: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
     if dim <= 0 or x.shape[1] <= dim:
         return x
     rng = np.random.default_rng(seed)
-    out = np.empty((len(x), dim), dtype=np.float64)
-    # in column blocks, so a [D, dim] matrix of a huge layer never sits in memory at once
-    out[:] = 0.0
+    out = np.zeros((len(x), dim), dtype=np.float64)
+    # in column blocks, so a [D, dim] matrix of a huge layer never sits in memory at once;
+    # float32 draws are twice as fast to make and keep distances as well
     for start in range(0, x.shape[1], 8192):
-        block = x[:, start : start + 8192]
-        out += block @ rng.standard_normal((block.shape[1], dim))
+        block = x[:, start : start + 8192].astype(np.float32)
+        out += block @ rng.standard_normal((block.shape[1], dim), dtype=np.float32)
     return out / math.sqrt(dim)

@@ -67,7 +67,10 @@ class VisionRecipe(Recipe):
         val_images: Images of the training split held out for validation (never trained on).
         eval_images: Images per accuracy estimate.
         corruption_sigma: Std of the Gaussian noise for ``robustness``.
-        splits: Fractions of members in train / val / test (per architecture).
+        splits: Fractions of members in train / val / test.
+        split_within: ``arch``: the fractions hold over each architecture's members (a tree's
+            share varies); ``tree``: over each tree's members, so every tree has its own
+            train / val / test models (for per-tree evaluation on small trees).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class VisionRecipe(Recipe):
         eval_images: int = 500,
         corruption_sigma: float = 0.3,
         splits: Sequence[float] = (0.7, 0.15, 0.15),
+        split_within: str = "arch",
     ) -> None:
         self.name, self.source, self.n_classes = name, source, n_classes
         self.archs, self.forest = list(archs), bool(forest)
@@ -115,6 +119,7 @@ class VisionRecipe(Recipe):
         }
         self.val_images, self.eval_images = val_images, eval_images
         self.corruption_sigma, self.splits = corruption_sigma, list(splits)
+        self.split_within = split_within
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -155,6 +160,8 @@ class VisionRecipe(Recipe):
             raise bad(f"unknown augmentations {unknown}; known: {', '.join(AUGMENTATIONS)}")
         if len(self.splits) != 3 or min(self.splits) < 0 or abs(sum(self.splits) - 1) > 1e-6:
             raise bad(f"splits must be three fractions summing to 1, got {self.splits}")
+        if self.split_within not in ("arch", "tree"):
+            raise bad(f"split_within must be 'arch' or 'tree', got {self.split_within!r}")
         if self.root["steps"] < 1 or not 0 < self.root["data_fraction"] <= 1:
             raise bad("root_steps must be >= 1 and root_data_fraction in (0, 1]")
         _, h, w = datasets.SHAPES[self.source]
@@ -181,14 +188,12 @@ class VisionRecipe(Recipe):
         roots, members = [], []
         for arch in self.archs:
             trees = [f"{self.name}-{arch}-{j}" for j in range(self.roots_per_arch)]
-            n_arch = len(trees) * self.members_per_tree
-            cut = np.cumsum([round(f * n_arch) for f in self.splits[:2]])
-            order = rng.permutation(n_arch)
-            split_of = {
-                int(i): ("train" if r < cut[0] else "val" if r < cut[1] else "test")
-                for r, i in enumerate(order)
-            }
+            m = self.members_per_tree
+            by_arch = self.split_within == "arch"
+            split_of = self._assign_splits(rng, len(trees) * m) if by_arch else {}
             for j, tree in enumerate(trees):
+                if not by_arch:
+                    split_of = {j * m + k: s for k, s in self._assign_splits(rng, m).items()}
                 rid = f"{tree}-root"
                 roots.append(
                     Job(
@@ -204,6 +209,15 @@ class VisionRecipe(Recipe):
                         Job(f"{tree}-m{k:03d}", "member", tree, rid, split, self._sample(rng, arch))
                     )
         return roots + members
+
+    def _assign_splits(self, rng: np.random.Generator, n: int) -> dict[int, str]:
+        """Split of each of ``n`` members, in the configured fractions, at random positions."""
+        cut = np.cumsum([round(f * n) for f in self.splits[:2]])
+        order = rng.permutation(n)
+        return {
+            int(i): ("train" if r < cut[0] else "val" if r < cut[1] else "test")
+            for r, i in enumerate(order)
+        }
 
     def _sample(self, rng: np.random.Generator, arch: str) -> dict[str, Any]:
         s = self.space

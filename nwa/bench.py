@@ -1,0 +1,192 @@
+"""``python -m nwa.bench [--quick] [--out DIR]``: every metanetwork on the default zoos over
+several seeds, and a report (Markdown + PNG) of the seed papers' tables and figures.
+
+Sections: Neural Weight Archeology (training classes and properties of the ResNet trees, by every
+method; 2-D maps of the learned representations; training curves), WeightNet against the
+flat-weights MLP (per-property errors, scatter, histograms, bars, radar, loss curves) and ProbeX
+(per tree against Dense and StatNN with parameter counts; within a tree against the forest; tree
+experts against one joint model; zero-shot, kNN and one-class naming of LoRA concepts).
+
+``--quick`` runs everything on the ``small`` zoo (built on first use, about two minutes) with
+fewer epochs: about ten minutes on 2 CPU cores. Without it the suite runs on ``default_vision``
+and ``default_lora``. Runs that finished are skipped when the command is rerun (``--force``
+redoes them), so an interrupted suite resumes; ``--report`` only rewrites the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from nwa.errors import NwaError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m nwa.bench", description=__doc__.split("\n\n")[0].strip("`")
+    )
+    p.add_argument("--quick", action="store_true", help="small zoo, fewer epochs (~10 min)")
+    p.add_argument("--out", type=Path, help="output folder (default runs/bench-<suite>)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
+    p.add_argument("--vision-zoo", help="zoo with vision-* trees and forest-* (name or folder)")
+    p.add_argument("--lora-zoo", help="zoo with unet_lora members (name or folder)")
+    p.add_argument(
+        "--methods", nargs="+", help="methods of the NWA and WeightNet sections (default all)"
+    )
+    p.add_argument(
+        "--tree-methods",
+        nargs="+",
+        help="methods compared per tree (default ProbeX Dense StatNN-GBT)",
+    )
+    p.add_argument("--epochs", type=int, help="max_epochs of every gradient-trained run")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="runs at a time, in worker processes sharing the CPU cores (default 2; 1: in this process)",
+    )
+    p.add_argument("--force", action="store_true", help="redo runs that already finished")
+    p.add_argument("--report", action="store_true", help="only rewrite the report")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's .ckpt files")
+    return p
+
+
+def _zoo_path(name: str) -> Path:
+    from nwa.zoo.cache import ensure_zoo
+
+    path = Path(name).expanduser()
+    return path if path.is_dir() else ensure_zoo(name, progress=True)
+
+
+def _zoo_layout(path: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """The zoo's pretrained trees and, per architecture family, one member's tensor names."""
+    from nwa.suite.plan import FAMILIES
+    from nwa.weights.adapters import open_zoo
+
+    zoo = open_zoo(path)
+    table = zoo.table
+    trees = sorted(t for t in table["tree"].astype(str).unique() if t.startswith("vision-"))
+    layers = {}
+    for fam in FAMILIES:
+        rows = table[table["arch"].astype(str).str.startswith(fam)]
+        if len(rows):
+            layers[fam] = zoo.open_model(rows.iloc[0]).names()
+    trees = [t for t in trees if any(f in t for f in layers)]
+    # a tree is evaluated on its own only when it has training, validation and test members
+    splits = table.groupby(table["tree"].astype(str))["split"].agg(set)
+    usable = [t for t in trees if {"train", "val", "test"} <= splits[t]]
+    if len(usable) < len(trees):
+        skipped = sorted(set(trees) - set(usable))
+        print(f"nwa: trees without train, val and test members, not run on their own: {skipped}")
+    return usable, layers
+
+
+def _headline(res: dict[str, Any]) -> str:
+    if "error" in res:
+        return f"FAILED {res['error'][:100]}"
+    m = res.get("metrics") or {}
+    a = res.get("alignment") or {}
+    shown = {
+        "acc": m.get("test/acc"),
+        "r2": m.get("test/r2"),
+        "zero-shot": a.get("zero_shot_top1"),
+    }
+    text = " ".join(f"{k} {v:.3f}" for k, v in shown.items() if isinstance(v, float))
+    return f"{text} ({res.get('wall_s', 0):.1f} s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from nwa.suite.execute import load_result, run_all
+    from nwa.suite.plan import METHODS, SUITES, RunSpec, plan
+    from nwa.suite.report import write_report
+
+    suite = SUITES["quick" if args.quick else "full"]
+    if args.seeds:
+        suite = replace(suite, seeds=tuple(range(args.seeds)))
+    if args.methods:
+        suite = replace(suite, nwa_methods=tuple(args.methods))
+    if args.tree_methods:
+        suite = replace(suite, tree_methods=tuple(args.tree_methods))
+    if args.epochs:
+        suite = replace(suite, epochs={"default": args.epochs, "aligner": args.epochs})
+    unknown = sorted(set(suite.nwa_methods + suite.tree_methods) - set(METHODS))
+    if unknown:
+        print(f"nwa: unknown methods {unknown}; choose from {list(METHODS)}", file=sys.stderr)
+        return 2
+    out = args.out or Path("runs") / f"bench-{suite.name}"
+    t0 = time.perf_counter()
+    try:
+        vision = _zoo_path(args.vision_zoo or suite.vision_zoo)
+        lora = _zoo_path(args.lora_zoo or suite.lora_zoo)
+        trees, layers = _zoo_layout(vision)
+        runs = plan(suite, str(vision), str(lora), trees, layers)
+    except (NwaError, ValueError) as e:
+        print(f"nwa: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for spec in runs:
+            print(spec.key, " ".join(spec.args))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [
+        s
+        for s in runs
+        if args.force or (r := load_result(out / "runs" / s.key)) is None or "error" in r
+    ]
+    print(
+        f"nwa bench ({suite.name}): {len(runs)} runs over seeds {list(suite.seeds)}, "
+        f"{len(runs) - len(todo)} already finished; writing to {out}",
+        flush=True,
+    )
+    if todo and not args.report:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns) as bar:
+            task = bar.add_task("runs", total=len(todo))
+            active: list[str] = []
+
+            def started(spec: RunSpec) -> None:
+                active.append(spec.key)
+                bar.update(task, description=", ".join(active))
+
+            def finished(spec: RunSpec, res: dict[str, Any]) -> None:
+                active.remove(spec.key)
+                bar.console.print(f"{spec.key}: {_headline(res)}")
+                bar.update(task, advance=1, description=", ".join(active))
+
+            run_all(todo, out, args.jobs, args.keep_checkpoints, started, finished)
+    header = {
+        "suite": suite.name,
+        "command": "python -m nwa.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "zoos": f"vision {vision.name}, LoRA {lora.name}",
+        "seeds": ", ".join(map(str, suite.seeds)),
+        "this call's wall time": f"{(time.perf_counter() - t0) / 60:.1f} min",
+    }
+    path, df = write_report(out, runs, header)
+    failed = int((df["status"] != "done").sum())
+    print(f"report: {path} ({len(df) - failed} runs finished, {failed} failed or missing)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""Running one suite run in this process and keeping what the report needs.
+
+Each run gets a folder ``<out>/runs/<key>/`` with the CSV log in ``<key>/version_0/``
+(``metrics.csv`` per epoch, read
+back by :mod:`nwa.runs`, so ``python -m nwa.compare`` works on it) and, once it finished,
+``result.json`` (test metrics, parameter counts, timings) and ``outputs.npz`` (predictions,
+targets and representations of every model, with its split and tree). ``result.json`` is
+written last and atomically: a folder without it is an unfinished run and is redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from nwa.atomic import atomic_path, atomic_write_text
+from nwa.suite.plan import RunSpec
+
+RESULT, OUTPUTS = "result.json", "outputs.npz"
+
+
+class EpochTimer(Callback):
+    """Wall time of the training epochs alone (no start-up, validation or checkpointing)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.epochs, self._start = 0.0, 0, 0.0
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.epochs += 1
+
+
+def load_result(folder: Path) -> dict[str, Any] | None:
+    """The finished run's result, or ``None`` when it has not finished."""
+    path = folder / RESULT
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _number(v: Any) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def log_dir(folder: Path) -> Path:
+    """The CSV log of the run kept in ``folder`` (``metrics.csv``, ``config.yaml``)."""
+    return folder / folder.name / "version_0"
+
+
+def logger_args(folder: Path) -> list[str]:
+    """CSV logging into ``folder`` under the run's name (its key: runs compared with
+    ``nwa.compare`` or synced to W&B keep it), and no per-run progress bar."""
+    return [
+        *("--run_name", folder.name),
+        *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
+        *("--trainer.logger.save_dir", str(folder), "--trainer.logger.name", folder.name),
+        *("--trainer.logger.version", "0", "--trainer.default_root_dir", str(folder)),
+        *("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"),
+        "--trainer.callbacks+=nwa.suite.execute.EpochTimer",
+    ]
+
+
+@torch.no_grad()
+def collect_outputs(model: Any, dm: Any) -> dict[str, np.ndarray]:
+    """Predictions, targets and representations of every model of the run's splits.
+
+    The representation is the encoder's output (the metanetwork's embedding of the weights) where
+    the module has one; the boosted trees' is their input, the weight statistics.
+    """
+    splits = [s for part in ("train", "val", "test") for s in dm.splits[part]]
+    loader = dm.loader(splits)
+    rows = loader.dataset.rows
+    preds, targets, zs = [], [], []
+    was_training = model.training
+    model.eval()
+    encoder = getattr(model, "encoder", None)
+    for batch in loader:
+        x = model.transfer_batch_to_device(batch["x"], model.device, 0)
+        out = model(x)
+        preds.append(model.task.predict(out).float().cpu())
+        targets.append(batch["y"].float().cpu())
+        if isinstance(encoder, torch.nn.Module) and hasattr(model, "task"):
+            try:
+                zs.append(encoder(x).float().cpu())
+            except (TypeError, RuntimeError):
+                zs = None
+                encoder = None
+        elif isinstance(x, torch.Tensor) and x.dim() == 2 and zs is not None:
+            zs.append(x.float().cpu())
+        else:
+            zs = None
+    model.train(was_training)
+    out = {
+        "pred": torch.cat(preds).numpy(),
+        "target": torch.cat(targets).numpy(),
+        "split": np.array(_split_names(rows["split"], dm.splits), dtype=str),
+        "tree": np.array(rows["tree"].astype(str).tolist(), dtype=str),
+    }
+    if zs:
+        out["z"] = torch.cat(zs).numpy()
+    return out
+
+
+def _split_names(splits: Any, groups: dict[str, list[str]]) -> list[str]:
+    part = {s: name for name, members in groups.items() for s in members}
+    return [part.get(s, s) for s in splits]
+
+
+def execute(spec: RunSpec, folder: Path, keep_checkpoints: bool = False) -> dict[str, Any]:
+    """Train and test ``spec`` (through the same code as ``python -m nwa.fit``) into ``folder``.
+
+    A run that fails is recorded with its error (and its traceback in ``error.txt``), so the
+    report shows it and a rerun tries it again.
+    """
+    from nwa.cli import main
+    from nwa.metanets import count_parameters
+
+    if folder.exists():  # an unfinished earlier attempt: start clean
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    result: dict[str, Any] = spec.to_dict()
+    start = time.perf_counter()
+    log = open(folder / "output.txt", "w")  # noqa: SIM115 - closed below, after the run
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            cli = main("fit", [*spec.args, *logger_args(folder)])
+        fit_s = time.perf_counter() - start
+        trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+        # the best checkpoint on validation, or the last weights when no validation ran yet
+        best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            tested = trainer.test(
+                model, datamodule=dm, ckpt_path="best" if best else None, verbose=False
+            )
+        model = trainer.lightning_module
+        outputs = collect_outputs(model, dm) if spec.task != "concept" else {}
+        encoder = getattr(model, "encoder", None)
+        timer = next(c for c in trainer.callbacks if isinstance(c, EpochTimer))
+        n_train = len(dm.dataset("train"))
+        per_epoch = timer.seconds / max(timer.epochs, 1)
+        result |= {
+            "metrics": {k: _number(v) for k, v in (tested[0] if tested else {}).items()},
+            "tested": "best" if best else "last",
+            "best_val": _number(trainer.checkpoint_callback.best_model_score or float("nan")),
+            "params": count_parameters(model),
+            "encoder_params": count_parameters(encoder)
+            if isinstance(encoder, torch.nn.Module)
+            else None,
+            "epochs": trainer.current_epoch,
+            "n_train": n_train,
+            "n_eval": len(outputs.get("pred", [])),
+            "fit_s": round(fit_s, 2),
+            "wall_s": round(time.perf_counter() - start, 2),
+            "train_s_per_epoch": round(per_epoch, 4),
+            "train_s_per_epoch_per_1000": round(per_epoch / max(n_train, 1) * 1000, 3),
+        }
+        if spec.task == "concept":
+            result["alignment"] = json.loads(json.dumps(model.results, default=str))
+        if outputs:
+            # a file object, since np.savez appends .npz to a temporary name
+            with atomic_path(folder / OUTPUTS) as tmp, open(tmp, "wb") as f:
+                np.savez_compressed(f, **outputs)
+    except (Exception, SystemExit) as e:  # one failing method must not stop the suite
+        log.flush()
+        said = [
+            ln for ln in (folder / "output.txt").read_text().splitlines() if ln.startswith("nwa: ")
+        ]
+        # nwa's own errors end the CLI with SystemExit after printing their one-line reason
+        reason = said[-1] if isinstance(e, SystemExit) and said else f"{type(e).__name__}: {e}"
+        result["error"] = reason
+        (folder / "error.txt").write_text(traceback.format_exc())
+        result["wall_s"] = round(time.perf_counter() - start, 2)
+    finally:
+        log.close()
+    if not keep_checkpoints:
+        for ckpt in folder.rglob("*.ckpt"):
+            ckpt.unlink()
+    atomic_write_text(folder / RESULT, json.dumps(result, indent=1))
+    return result
+
+
+def quiet() -> None:
+    """Silence Lightning's per-run banners and warnings (the suite reports each run itself)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+    quiet()
+
+
+def _execute_in_worker(spec: RunSpec, folder: Path, keep: bool) -> dict[str, Any]:
+    return execute(spec, folder, keep)
+
+
+def run_all(
+    specs: Sequence[RunSpec],
+    out: Path,
+    jobs: int = 1,
+    keep_checkpoints: bool = False,
+    started: Callable[[RunSpec], None] | None = None,
+    finished: Callable[[RunSpec, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Execute ``specs`` into ``out/runs/<key>``, ``jobs`` at a time.
+
+    With ``jobs > 1`` runs go to worker processes (spawned, so they share no torch state), each
+    with ``cores // jobs`` torch threads: small metanetworks do not use two cores well, so two
+    one-thread runs on a 2-core machine finish sooner than one two-thread run after another.
+    """
+    results = []
+    if jobs <= 1:
+        quiet()
+        for spec in specs:
+            if started:
+                started(spec)
+            res = execute(spec, out / "runs" / spec.key, keep_checkpoints)
+            results.append(res)
+            if finished:
+                finished(spec, res)
+        return results
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+    ) as pool:
+        queue = list(specs)
+        running: dict[Future, RunSpec] = {}
+        while queue or running:
+            while queue and len(running) < jobs:
+                spec = queue.pop(0)
+                fut = pool.submit(
+                    _execute_in_worker, spec, out / "runs" / spec.key, keep_checkpoints
+                )
+                running[fut] = spec
+                if started:
+                    started(spec)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                spec = running.pop(fut)
+                try:
+                    res = fut.result()
+                except Exception as e:  # the worker itself died (out of memory, killed)
+                    res = spec.to_dict() | {"error": f"worker failed: {type(e).__name__}: {e}"}
+                results.append(res)
+                if finished:
+                    finished(spec, res)
+    return results

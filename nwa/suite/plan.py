@@ -1,0 +1,258 @@
+"""What the benchmark suite runs: methods, families, suites, and the list of runs they expand to.
+
+A run is one ``python -m nwa.fit`` call (a recipe from ``configs/`` plus overrides) identified by
+``(task, method, subset, seed)``. Sections of the report select runs by those fields, so a run
+two sections need (ProbeX on the ResNet trees is both an NWA row and the "joint" baseline of the
+tree experts) is made once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+CLASSES, PROPERTIES, CONCEPT = "classes", "properties", "concept"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A metanetwork as the suite runs it.
+
+    Args:
+        name: Display name in the report.
+        config: Recipe file under ``configs/``.
+        single_layer: The recipe reads one layer, taken from the family (ProbeX, Dense, PCA);
+            otherwise the recipe keeps its own layer selection.
+        fitted_once: A non-gradient method whose recipe fixes its single epoch (boosted trees).
+        extra: Further overrides for every run of the method.
+    """
+
+    name: str
+    config: str
+    single_layer: bool = False
+    fitted_once: bool = False
+    extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Family:
+    """An architecture family of the vision zoo and the layers its runs read.
+
+    Args:
+        arch: Architecture glob (``resnet_*``).
+        layers: Candidate single layers, best first; the first present in the zoo is used.
+        stats_layers: Layers of the statistics methods when the recipe's (ResNet names) do not
+            apply; ``None`` keeps the recipe's.
+    """
+
+    arch: str
+    layers: tuple[str, ...]
+    stats_layers: tuple[str, ...] | None = None
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("ProbeX", "probex_vision.yaml", single_layer=True),
+        Method("Dense", "dense_vision.yaml", single_layer=True),
+        Method("StatNN-GBT", "statnn_vision.yaml", fitted_once=True),
+        Method("StatNN-MLP", "statnn_mlp_vision.yaml"),
+        Method("PCA", "pca_vision.yaml", single_layer=True),
+        Method("FlatMLP", "mlp_vision.yaml"),
+        Method("WeightNet", "weightnet_vision.yaml"),
+        Method("NWPA", "nwpa_vision.yaml"),
+    )
+}
+EXPERTS = Method("ProbeX experts", "experts_vision.yaml", single_layer=True)
+ALIGNERS: dict[str, tuple[str, ...]] = {
+    "ProbeX": (),
+    "Dense": (
+        "--model.init_args.encoder",
+        json.dumps({"class_path": "nwa.metanets.Dense", "init_args": {"dim": 128}}),
+    ),
+}
+
+FAMILIES: dict[str, Family] = {
+    "resnet": Family("resnet_*", ("layer4.0.conv2.weight",)),
+    "vit": Family(
+        "vit_*",
+        ("blocks.1.mlp.fc1.weight", "blocks.0.mlp.fc1.weight"),
+        stats_layers=("*.weight", "*.bias"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One preset of the benchmark.
+
+    Args:
+        name: ``quick`` or ``full``.
+        vision_zoo: Zoo with the ``vision-*`` trees and the ``forest-*`` members.
+        lora_zoo: Zoo with the ``unet_lora`` members for the aligners.
+        seeds: Seeds of every run.
+        epochs: ``max_epochs`` per method name (``default`` for the others); ``None`` keeps the
+            recipe's.
+        nwa_methods: Methods of the Neural Weight Archeology and WeightNet sections.
+        tree_methods: Methods compared per tree in the ProbeX section.
+    """
+
+    name: str
+    vision_zoo: str
+    lora_zoo: str
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: dict[str, int | None] = field(default_factory=dict)
+    nwa_methods: tuple[str, ...] = tuple(METHODS)
+    tree_methods: tuple[str, ...] = ("ProbeX", "Dense", "StatNN-GBT")
+
+    def max_epochs(self, method: str) -> int | None:
+        return self.epochs.get(method, self.epochs.get("default"))
+
+
+SUITES: dict[str, Suite] = {
+    "quick": Suite(
+        "quick",
+        vision_zoo="small",
+        lora_zoo="small",
+        epochs={"default": 40, "NWPA": 20, "aligner": 60},
+    ),
+    "full": Suite(
+        "full",
+        vision_zoo="default_vision",
+        lora_zoo="default_lora",
+        epochs={"default": 80, "Dense": 60, "FlatMLP": 60, "NWPA": 15, "aligner": 200},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the suite.
+
+    Args:
+        task: ``classes``, ``properties`` or ``concept``.
+        method: Method name as reported.
+        subset: Which models: a tree id, ``resnet trees``, ``forest``, or the LoRA zoo.
+        seed: ``seed_everything``.
+        args: The ``nwa.fit`` arguments (without logger and output folders).
+    """
+
+    task: str
+    method: str
+    subset: str
+    seed: int
+    args: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        """Folder name of the run: stable, readable, unique per (task, method, subset, seed)."""
+        text = f"{self.task}-{self.method}-{self.subset}-s{self.seed}"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self) | {"key": self.key}
+
+
+def _layer_for(family: Family, layers: Sequence[str]) -> str:
+    for candidate in family.layers:
+        if any(fnmatch.fnmatchcase(name, candidate) for name in layers):
+            return candidate
+    raise ValueError(
+        f"none of the {family.arch} layers {list(family.layers)} is in the zoo; "
+        f"it has {list(layers)[:8]}..."
+    )
+
+
+def _method_args(
+    suite: Suite, method: Method, family: Family, layers: Sequence[str], epochs_key: str
+) -> list[str]:
+    args = ["--config", str(CONFIGS / method.config), "--data.init_args.arch", family.arch]
+    if method.single_layer:
+        args += ["--data.init_args.layers", _layer_for(family, layers)]
+    elif method.name.startswith("StatNN") and family.stats_layers:
+        args += ["--data.init_args.layers", json.dumps(list(family.stats_layers))]
+    epochs = suite.max_epochs(epochs_key)
+    if epochs is not None and not method.fitted_once:
+        args += ["--trainer.max_epochs", str(epochs)]
+    return [*args, *method.extra]
+
+
+def _task_args(task: str) -> list[str]:
+    if task == PROPERTIES:
+        return ["--config", str(CONFIGS / "shared" / "regression.yaml")]
+    return ["--data.init_args.target", task]
+
+
+def plan(
+    suite: Suite,
+    vision_zoo: str,
+    lora_zoo: str,
+    trees: Sequence[str],
+    layers: dict[str, Sequence[str]],
+) -> list[RunSpec]:
+    """Every run of ``suite``, seed by seed (so a partial report has all methods of a seed).
+
+    Args:
+        suite: The preset.
+        vision_zoo: Zoo argument of the vision runs (name or folder).
+        lora_zoo: Zoo argument of the aligner runs.
+        trees: The vision zoo's pretrained trees (``vision-*``).
+        layers: Tensor names of one model per family present in the zoo.
+    """
+    runs: list[RunSpec] = []
+
+    def add(task: str, name: str, subset: str, seed: int, args: list[str]) -> None:
+        # after the configs: a later --config would reset seed_everything to the recipe's
+        runs.append(RunSpec(task, name, subset, seed, (*args, "--seed_everything", str(seed))))
+
+    def family_of(tree: str) -> str:
+        return next(f for f in FAMILIES if f in tree)
+
+    for seed in suite.seeds:
+        resnet = FAMILIES["resnet"]
+        on_resnet = [
+            "--data.init_args.zoo",
+            vision_zoo,
+            "--data.init_args.trees",
+            '["vision-*"]',
+        ]
+        for task in (CLASSES, PROPERTIES):
+            for name in suite.nwa_methods:
+                m = METHODS[name]
+                args = _method_args(suite, m, resnet, layers["resnet"], name)
+                add(task, name, "resnet trees", seed, [*args, *_task_args(task), *on_resnet])
+        for tree in trees:
+            fam = family_of(tree)
+            subset = ["--data.init_args.zoo", vision_zoo, "--data.init_args.trees", f"[{tree}]"]
+            for name in suite.tree_methods:
+                args = _method_args(suite, METHODS[name], FAMILIES[fam], layers[fam], name)
+                add(CLASSES, name, tree, seed, [*args, *_task_args(CLASSES), *subset])
+        forest = ["--data.init_args.zoo", vision_zoo, "--data.init_args.trees", '["forest-*"]']
+        probex = METHODS["ProbeX"]
+        args = _method_args(suite, probex, resnet, layers["resnet"], "ProbeX")
+        add(CLASSES, "ProbeX", "forest", seed, [*args, *_task_args(CLASSES), *forest])
+        for fam in sorted({family_of(t) for t in trees}):
+            family = [
+                "--data.init_args.zoo",
+                vision_zoo,
+                "--data.init_args.trees",
+                '["vision-*"]',
+            ]
+            for m in (probex, EXPERTS):
+                if m is probex and fam == "resnet" and "ProbeX" in suite.nwa_methods:
+                    continue  # the NWA section's ProbeX run on the ResNet trees is this run
+                args = _method_args(suite, m, FAMILIES[fam], layers[fam], "ProbeX")
+                add(CLASSES, m.name, f"{fam} trees", seed, [*args, *_task_args(CLASSES), *family])
+        for name, extra in ALIGNERS.items():
+            args = ["--config", str(CONFIGS / "probex_sd.yaml"), "--data.init_args.zoo", lora_zoo]
+            epochs = suite.max_epochs("aligner")
+            if epochs is not None:
+                args += ["--trainer.max_epochs", str(epochs)]
+            add(CONCEPT, name, "lora", seed, [*args, *extra])
+    return runs

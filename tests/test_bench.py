@@ -1,0 +1,218 @@
+"""python -m nwa.bench: the plan, the report's numbers and figures, skipping finished runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nwa.suite.execute import OUTPUTS, RESULT, log_dir
+from nwa.suite.plan import FAMILIES, METHODS, SUITES, plan
+from nwa.suite.report import mean_std, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+TREES = ["vision-resnet_micro-0", "vision-resnet_micro-1", "vision-vit_micro-0"]
+LAYERS = {
+    "resnet": ["conv1.weight", "layer4.0.conv2.weight", "fc.weight"],
+    "vit": ["blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight", "head.weight"],
+}
+
+
+def test_plan_covers_every_method_seed_and_section_once():
+    runs = plan(SUITES["quick"], "Z", "L", TREES, LAYERS)
+    keys = [r.key for r in runs]
+    assert len(keys) == len(set(keys)), "a run is planned twice"
+    for seed in (0, 1, 2):
+        for task in ("classes", "properties"):
+            got = {
+                r.method
+                for r in runs
+                if r.seed == seed and r.task == task and r.subset == "resnet trees"
+            }
+            assert set(METHODS) <= got
+        per_tree = {(r.subset, r.method) for r in runs if r.seed == seed and r.subset in TREES}
+        assert per_tree == {(t, m) for t in TREES for m in ("ProbeX", "Dense", "StatNN-GBT")}
+        assert any(r.subset == "forest" and r.seed == seed for r in runs)
+        assert {r.method for r in runs if r.subset == "vit trees" and r.seed == seed} == {
+            "ProbeX",
+            "ProbeX experts",
+        }
+        assert {r.method for r in runs if r.task == "concept" and r.seed == seed} == {
+            "ProbeX",
+            "Dense",
+        }
+    # the ViT runs read the first candidate layer the zoo has (vit_micro has one block)
+    vit = next(r for r in runs if r.subset == "vision-vit_micro-0" and r.method == "ProbeX")
+    assert vit.args[vit.args.index("--data.init_args.layers") + 1] == "blocks.0.mlp.fc1.weight"
+    # the seed comes after every --config, which would otherwise reset it to the recipe's
+    args = list(vit.args)
+    last_config = max(i for i, a in enumerate(args) if a == "--config")
+    assert args.index("--seed_everything") > last_config and args[-1] == "0"
+
+
+def test_plan_rejects_a_zoo_without_the_family_layer():
+    with pytest.raises(ValueError, match="none of the vit_"):
+        plan(SUITES["quick"], "Z", "L", TREES, {**LAYERS, "vit": ["head.weight"]})
+    assert FAMILIES["resnet"].layers[0] in LAYERS["resnet"]
+
+
+def test_mean_std_formatting():
+    assert mean_std([0.5, 0.7, 0.6]) == "0.600 ± 0.100"
+    assert mean_std([0.25]) == "0.250"
+    assert mean_std([None, float("nan")]) == "-"
+
+
+def _fake_run(out: Path, spec, metrics: dict, z: bool = True, error: str | None = None) -> None:
+    folder = out / "runs" / spec.key
+    folder.mkdir(parents=True)
+    res = spec.to_dict() | {
+        "metrics": metrics,
+        "params": 1000,
+        "encoder_params": 900,
+        "wall_s": 1.0,
+    }
+    if error:
+        res["error"] = error
+    rng = np.random.default_rng(spec.seed)
+    n = 12
+    outputs = {
+        "pred": rng.random((n, 3)).astype(np.float32),
+        "target": rng.random((n, 3)).astype(np.float32),
+        "split": np.array(["train"] * 6 + ["val"] * 2 + ["test"] * 4),
+        "tree": np.array(["a", "b"] * 6),
+    }
+    if z:
+        outputs["z"] = rng.random((n, 5)).astype(np.float32)
+    np.savez(folder / OUTPUTS, **outputs)
+    (folder / RESULT).write_text(json.dumps(res))
+
+
+def test_report_tables_are_mean_and_std_of_the_runs(tmp_path):
+    suite = SUITES["quick"]
+    runs = plan(suite, "Z", "L", TREES, LAYERS)
+    accs = {0: 0.8, 1: 0.9, 2: 0.7}
+    for spec in runs:
+        if spec.task == "classes":
+            m = {"test/acc": accs[spec.seed], "test/f1": 0.5, "test/precision": 0.4}
+            if spec.method == "ProbeX experts":
+                m |= {"test/router_purity": 1.0, "router/n_trees": 2.0}
+        elif spec.task == "properties":
+            m = {"test/r2": 0.1 * spec.seed, "test/mae_test_acc": 0.01 * (spec.seed + 1)}
+        else:
+            continue  # aligner runs missing: their tables must say so, not invent numbers
+        _fake_run(tmp_path, spec, m, error="RuntimeError: boom" if spec.method == "NWPA" else None)
+    path, df = write_report(tmp_path, runs, {"suite": "quick"})
+    text = path.read_text()
+    probex_row = next(line for line in text.splitlines() if line.startswith("| ProbeX |"))
+    assert "0.800 ± 0.100" in probex_row  # mean and std of 0.8, 0.9, 0.7
+    assert "| vision-resnet_micro-0 | 0.800 ± 0.100 |" in text
+    assert "0.100 ± 0.100" in text  # R² of WeightNet etc.: 0.0, 0.1, 0.2
+    assert "0.0200 ± 0.0100" in text  # MAE of test_acc in the WeightNet table
+    nwpa = next(line for line in text.splitlines() if line.startswith("| NWPA |"))
+    assert set(nwpa.strip("|").split("|")[1:]) <= {" - ", " 900 ", " 1,000 "}
+    assert "boom" in text and "failed" in text and "missing" in text
+    for fig in (
+        "nwa_embeddings_trees",
+        "nwa_embeddings_test_acc",
+        "weightnet_scatter",
+        "weightnet_errors",
+        "weightnet_mae",
+        "weightnet_r2_radar",
+        "probex_per_tree",
+    ):
+        png = tmp_path / "figures" / f"{fig}.png"
+        assert png.stat().st_size > 5000, fig
+        assert f"figures/{fig}.png" in text
+    assert (df["status"] == "done").sum() == sum(
+        1 for r in runs if r.task != "concept" and r.method != "NWPA"
+    )
+
+
+def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nwa.bench", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_tree_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """configs/zoo/tiny.yaml with a train, a val and a test member in every pretrained tree, so
+    the per-tree and tree-expert runs have something to evaluate."""
+    import yaml
+
+    from nwa.zoo.cache import ensure_zoo
+    from nwa.zoo.plan import CONFIG_DIR
+
+    raw = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
+    vision = next(r for r in raw["recipes"] if r["init_args"]["name"] == "vision")
+    vision["init_args"] |= {"split_within": "tree", "splits": [0.34, 0.33, 0.33]}
+    raw["name"] = "tiny_trees"
+    folder = tmp_path_factory.mktemp("tiny_trees")
+    (folder / "tiny_trees.yaml").write_text(yaml.safe_dump(raw))
+    return ensure_zoo(folder / "tiny_trees.yaml", workers=2, home=folder / "home")
+
+
+@pytest.mark.slow
+def test_bench_runs_reports_and_skips_finished_runs(tiny_tree_zoo, tmp_path):
+    tiny_zoo = tiny_tree_zoo
+    out = tmp_path / "bench"
+    common = (
+        *("--quick", "--vision-zoo", str(tiny_zoo), "--lora-zoo", str(tiny_zoo)),
+        *("--out", str(out), "--seeds", "2", "--epochs", "3"),
+        *("--methods", "ProbeX", "FlatMLP", "WeightNet", "--tree-methods", "ProbeX", "StatNN-GBT"),
+    )
+    first = _bench(*common, cwd=tmp_path)
+    assert "nwa bench (quick)" in first.stdout, first.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    planned = int(re.search(r"\((quick)\): (\d+) runs", first.stdout).group(2))
+    finished = sorted(p.parent.name for p in out.glob("runs/*/result.json"))
+    assert (
+        len(finished) == planned == 2 * (6 + 4 * 2 + 1 + 3 + 2)
+    )  # per seed: NWA, trees, forest, experts, aligners
+    ok = [json.loads((out / "runs" / k / RESULT).read_text()) for k in finished]
+    assert [r.get("error") for r in ok if "error" in r] == []
+    # numbers in the report are those of the runs made in this call
+    probex = [
+        r
+        for r in ok
+        if r["method"] == "ProbeX" and r["subset"] == "resnet trees" and r["task"] == "classes"
+    ]
+    assert len(probex) == 2
+    assert probex[0]["best_val"] != probex[1]["best_val"], "seeds 0 and 1 trained the same model"
+    expected = mean_std([r["metrics"]["test/acc"] for r in probex])
+    row = next(line for line in report.splitlines() if line.startswith("| ProbeX |"))
+    assert expected in row
+    for fig in (
+        "nwa_embeddings_trees",
+        "weightnet_scatter",
+        "weightnet_r2_radar",
+        "probex_per_tree",
+    ):
+        assert (out / "figures" / f"{fig}.png").is_file()
+    assert "zero-shot" in report
+    # a rerun skips every finished run
+    again = _bench(*common, cwd=tmp_path)
+    assert f"{len(finished)} already finished" in again.stdout or "already finished" in again.stdout
+    assert "acc " not in again.stdout  # no run line printed
+    # the runs are CSV logs that nwa.compare reads
+    a, b = (out / "runs" / p["key"] for p in probex)  # folders holding one CSV log each
+    assert log_dir(a).joinpath("metrics.csv").is_file()
+    cmp = subprocess.run(
+        [sys.executable, "-m", "nwa.compare", str(a), str(b), "--out", str(tmp_path / "cmp")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert cmp.returncode == 0, cmp.stderr[-2000:]
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "test/acc" in table and probex[0]["key"] in table and probex[1]["key"] in table
