@@ -241,3 +241,76 @@ def test_weightnet_rejects_wrong_chain():
         enc(chain)
     with pytest.raises(ShapeMismatchError, match="takes 5 inputs"):
         WeightNet([(4, 3, 1), (2, 5, 1)])
+
+
+@pytest.mark.parametrize("make", [conv_chain, mlp_chain], ids=["conv", "mlp"])
+def test_nwpa_blockwise_equals_edge_list(make):
+    """The block-wise GATv2 layers compute what GATv2Conv computes on the edge list."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(3)
+    models = [chain_from_tensors(*make(gen)) for _ in range(B)]
+    shapes = chain_shapes([w.unsqueeze(0) for w in models[0][0]])
+    enc = NWPA(shapes, hidden=16, heads=4, layers=2, pooling="attention").double()
+    graphs = Batch.from_data_list([chain_to_graph(w, b) for w, b in models])
+    graphs.x, graphs.edge_attr = graphs.x.double(), graphs.edge_attr.double()
+    assert enc._dense_blocks(graphs) is not None
+    shuffled = graphs.clone()  # the same graph with its edges in another order: edge-list path
+    perm = torch.randperm(graphs.edge_index.shape[1], generator=gen)
+    shuffled.edge_index, shuffled.edge_attr = graphs.edge_index[:, perm], graphs.edge_attr[perm]
+    assert enc._dense_blocks(shuffled) is None
+    chain = _stack(models)
+    chain = {k: [t.double() for t in v] for k, v in chain.items()}
+    params = list(enc.parameters())
+    results = []
+    for inp in (graphs, shuffled, chain):
+        out = enc(inp)
+        results.append((out, torch.autograd.grad(out.square().sum(), params)))
+    for out, grads in results[1:]:
+        torch.testing.assert_close(out, results[0][0], atol=1e-10, rtol=1e-10)
+        for g, ref in zip(grads, results[0][1]):
+            torch.testing.assert_close(g, ref, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("tile", [1, 7, 2048])
+def test_gatv2_chain_matches_gatv2conv(tile):
+    """Block-wise GATv2 == GATv2Conv on the edge list, values and every gradient (edges too)."""
+    from torch_geometric.nn import GATv2Conv
+
+    from nwa.metanets.gatv2_dense import gatv2_chain
+    from nwa.weights.graph import chain_batch_to_graph
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(5, 4, 9), (6, 5, 9), (3, 6, 1)]
+    ws = [torch.randn(B, o, i, k, generator=gen, dtype=torch.float64) for o, i, k in shapes]
+    bs = [torch.randn(B, o, generator=gen, dtype=torch.float64) for o, _, _ in shapes]
+    torch.manual_seed(0)
+    conv = GATv2Conv(8, 3, heads=2, edge_dim=10, add_self_loops=False).double()
+    with torch.no_grad():
+        conv.bias.normal_()
+    g = chain_batch_to_graph({"weights": ws, "biases": bs})
+    n = g.x.shape[0] // B
+    h = torch.randn(B * n, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    ei, ea = g.edge_index, g.edge_attr.clone().requires_grad_(True)
+    flag = torch.ones(ea.shape[0], 1, dtype=ea.dtype)
+    ref = conv(
+        h,
+        torch.cat([ei, ei.flip(0)], 1),
+        torch.cat([torch.cat([ea, 0 * flag], 1), torch.cat([ea, flag], 1)]),
+    )
+    blocks = [w.clone().requires_grad_(True) for w in ws]
+    got = gatv2_chain(conv, h.view(B, n, 8), blocks, tile=tile).reshape(B * n, -1)
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    up = torch.randn(ref.shape, generator=gen, dtype=ref.dtype)
+    params = [h, *conv.parameters()]
+    want = torch.autograd.grad(ref, [*params, ea], up)
+    have = torch.autograd.grad(got, [*params, *blocks], up)
+    for a, b in zip(have, want[:-1]):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+    ref_edges = want[-1].view(B, -1, 9)  # padded columns of the 1x1 layer left out below
+    e0 = 0
+    for w, gw in zip(ws, have[len(params) :]):
+        _, o, i, k = w.shape
+        torch.testing.assert_close(
+            gw.reshape(B, o * i, k), ref_edges[:, e0 : e0 + o * i, :k], atol=1e-11, rtol=1e-11
+        )
+        e0 += o * i

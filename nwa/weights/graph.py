@@ -19,6 +19,7 @@ Graph layout of one model with ``L`` layers:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -107,8 +108,8 @@ def _position_code(index: torch.Tensor) -> torch.Tensor:
     return torch.cat([ang.sin(), ang.cos()], dim=1)
 
 
-def _template(shapes: Sequence[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
-    """The model-independent part of the graph of a chain with these shapes."""
+@functools.lru_cache(maxsize=32)
+def _template_cached(shapes: tuple[tuple[int, int, int], ...]) -> dict[str, torch.Tensor]:
     sizes = [shapes[0][1]] + [s[0] for s in shapes]
     n_groups = len(sizes)
     static, layer, kind = [], [], []
@@ -131,23 +132,61 @@ def _template(shapes: Sequence[tuple[int, int, int]]) -> dict[str, torch.Tensor]
     for li, (out, inp, _) in enumerate(shapes):
         j, i = torch.meshgrid(torch.arange(out), torch.arange(inp), indexing="ij")
         edges.append(torch.stack([i.reshape(-1) + offsets[li], j.reshape(-1) + offsets[li + 1]]))
-    return {
+    t = {
         "static": torch.cat(static),
         "layer": torch.cat(layer),
         "node_kind": torch.cat(kind),
         "edge_index": torch.cat(edges, dim=1),
         "num_nodes": torch.tensor(offsets[-1]),
+        "offsets": torch.tensor(offsets),
     }
+    for v in t.values():  # shared by every call: never written to
+        v.requires_grad_(False)
+    return t
 
 
-def _edge_attr(weights: Sequence[torch.Tensor], k_max: int) -> torch.Tensor:
+def chain_template(shapes: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    """The model-independent part of the graph of a chain with these ``(out, in, k)`` shapes.
+
+    ``static`` [N, NODE_DIM - 1] (node features without the bias), ``layer`` and ``node_kind``
+    [N], ``edge_index`` [2, E], ``num_nodes`` and ``offsets`` [L + 2] (first node of each group,
+    then N). Cached per shapes: the tensors are shared, so treat them as read-only.
+    """
+    return _template_cached(tuple(tuple(int(v) for v in s) for s in shapes))
+
+
+def _edge_attr(weights: Sequence[torch.Tensor], k_max: int, dtype: torch.dtype) -> torch.Tensor:
     """[B, E, k_max]: each batched weight [B, out, in, k] as rows ``W[j, i, :]``, zero-padded."""
-    parts = []
+    bsz = weights[0].shape[0]
+    total = sum(w.shape[1] * w.shape[2] for w in weights)
+    padded = any(w.shape[3] != k_max for w in weights)
+    out = (weights[0].new_zeros if padded else weights[0].new_empty)(bsz, total, k_max, dtype=dtype)
+    e0 = 0
     for w in weights:
-        b, out, inp, k = w.shape
-        e = w.reshape(b, out * inp, k)
-        parts.append(torch.nn.functional.pad(e, (0, k_max - k)))
-    return torch.cat(parts, dim=1)
+        _, o, i, k = w.shape
+        out[:, e0 : e0 + o * i, :k].copy_(w.reshape(bsz, o * i, k))
+        e0 += o * i
+    return out
+
+
+def chain_node_features(
+    weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Node features ``x`` [B, N, NODE_DIM] of a batch of chains (weights [B, out, in, k])."""
+    shapes = chain_shapes(weights)
+    t = chain_template(shapes)
+    bsz = weights[0].shape[0]
+    dtype = weights[0].dtype if weights[0].is_floating_point() else torch.float32
+    n = int(t["num_nodes"])
+    x = weights[0].new_empty(bsz, n, NODE_DIM, dtype=dtype)
+    x[:, : shapes[0][1], 0] = 0.0
+    o = shapes[0][1]
+    for b in biases:
+        b = b.reshape(bsz, -1)
+        x[:, o : o + b.shape[1], 0] = b
+        o += b.shape[1]
+    x[:, :, 1:] = t["static"].to(device=x.device, dtype=dtype)
+    return x
 
 
 def _build(
@@ -155,25 +194,26 @@ def _build(
 ) -> dict[str, torch.Tensor]:
     shapes = chain_shapes(weights)
     dev = weights[0].device
-    t = {k: v.to(dev) for k, v in _template(shapes).items()}
+    t = chain_template(shapes)
     bsz = weights[0].shape[0]
     dtype = weights[0].dtype if weights[0].is_floating_point() else torch.float32
     n = int(t["num_nodes"])
-    bias = torch.cat(
-        [weights[0].new_zeros(bsz, shapes[0][1])] + [b.reshape(bsz, -1) for b in biases], dim=1
-    )
-    x = torch.cat([bias.to(dtype).unsqueeze(-1), t["static"].to(dtype).expand(bsz, n, -1)], dim=2)
+    x = chain_node_features(weights, biases)
     k_max = max(s[2] for s in shapes)
-    edge_attr = _edge_attr([w.to(dtype) for w in weights], k_max)
+    edge_attr = _edge_attr(weights, k_max, dtype)
     e = t["edge_index"].shape[1]
-    shift = (torch.arange(bsz, device=dev) * n).view(bsz, 1, 1)
-    edge_index = (t["edge_index"].unsqueeze(0) + shift).permute(1, 0, 2).reshape(2, bsz * e)
+    template = t["edge_index"].to(dev)
+    if bsz == 1:
+        edge_index = template.clone()
+    else:
+        shift = (torch.arange(bsz, device=dev) * n).view(bsz, 1, 1)
+        edge_index = (template.unsqueeze(0) + shift).permute(1, 0, 2).reshape(2, bsz * e)
     return {
         "x": x.reshape(bsz * n, -1),
         "edge_index": edge_index,
         "edge_attr": edge_attr.reshape(bsz * e, k_max),
-        "layer": t["layer"].repeat(bsz),
-        "node_kind": t["node_kind"].repeat(bsz),
+        "layer": t["layer"].to(dev).repeat(bsz),
+        "node_kind": t["node_kind"].to(dev).repeat(bsz),
         "n": torch.tensor(n),
     }
 
@@ -206,18 +246,12 @@ def chain_to_graph(
     )
 
 
-def chain_batch_to_graph(chain: Mapping[str, Sequence[torch.Tensor]]) -> Batch:
-    """The graphs of a batch of same-shaped models at once, as one ``Batch``.
-
-    Equal to ``Batch.from_data_list([chain_to_graph(...) for each model])``, built without a
-    Python loop over models.
-
-    Args:
-        chain: ``{"weights": [B, out_l, in_l, k_l] per layer, "biases": [B, out_l] per layer}``.
-    """
-    weights, biases = list(chain["weights"]), list(chain["biases"])
+def check_chain_batch(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> None:
+    """Raise :class:`ShapeMismatchError` unless these are a batched chain ([B, out_l, in_l, k_l])."""
     if len(weights) != len(biases):
         raise ShapeMismatchError(_WHERE, f"got {len(weights)} weights and {len(biases)} biases")
+    if not weights:
+        raise ShapeMismatchError(_WHERE, "a chain needs at least one layer")
     for i, w in enumerate(weights):
         if w.dim() != 4:
             raise ShapeMismatchError(
@@ -231,6 +265,19 @@ def chain_batch_to_graph(chain: Mapping[str, Sequence[torch.Tensor]]) -> Batch:
                 f"layer {i} takes {w.shape[2]} inputs but layer {i - 1} has {weights[i - 1].shape[1]} outputs",
                 tensor=f"layer {i}",
             )
+
+
+def chain_batch_to_graph(chain: Mapping[str, Sequence[torch.Tensor]]) -> Batch:
+    """The graphs of a batch of same-shaped models at once, as one ``Batch``.
+
+    Equal to ``Batch.from_data_list([chain_to_graph(...) for each model])``, built without a
+    Python loop over models.
+
+    Args:
+        chain: ``{"weights": [B, out_l, in_l, k_l] per layer, "biases": [B, out_l] per layer}``.
+    """
+    weights, biases = list(chain["weights"]), list(chain["biases"])
+    check_chain_batch(weights, biases)
     g = _build(weights, biases)
     bsz, n = weights[0].shape[0], int(g["n"])
     return Batch(
