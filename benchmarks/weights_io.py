@@ -5,7 +5,8 @@ Run: ``python benchmarks/weights_io.py [--workdir DIR] [--zoo-gb 2.0]``. Prints 
 1. Reading one ~1 MB tensor from a >= 200 MB checkpoint, as a fraction of reading the whole
    file (cold page cache, evicted with ``posix_fadvise(DONTNEED)``, and warm).
 2. One epoch over a zoo (one layer per model) through ModelZooDataModule versus a bare
-   ``safe_open(...).get_tensor(...)`` loop over the same tensors, in models per second.
+   ``safe_open(...).get_tensor(...)`` loop over the same tensors, in models per second (medians
+   of ``--rounds`` rounds that alternate the two).
 3. Peak RSS while iterating a zoo of ``--zoo-gb`` GB (measured in a fresh process).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,14 +63,16 @@ def bench_single_tensor(work: Path) -> dict[str, float]:
     save_file(tensors, str(path))
     size_mb = path.stat().st_size / 2**20
 
+    # get() reads the tensor into memory it owns (one positioned read of its bytes), so a read
+    # needs nothing more. (A lazy view of a memory map would need a clone() to read anything.)
     def one() -> None:
         with open_weights(path) as src:
-            src.get("probe.weight").clone()  # get() is a lazy view of the memory map
+            src.get("probe.weight")
 
     def whole() -> None:
         with open_weights(path) as src:
             for n in src.names():
-                src.get(n).clone()
+                src.get(n)
 
     out = {"file_mb": size_mb}
     for mode, cold in (("cold", path), ("warm", None)):
@@ -106,7 +110,7 @@ def write_zoo(root: Path, n_models: int, mb_per_model: float) -> None:
     writer.finalize()
 
 
-def bench_epoch(root: Path) -> dict[str, float]:
+def bench_epoch(root: Path, repeats: int = 5) -> dict[str, float]:
     from nwa.data import ModelZooDataModule
 
     dm = ModelZooDataModule(
@@ -134,26 +138,44 @@ def bench_epoch(root: Path) -> dict[str, float]:
         for _ in dm.train_dataloader():
             pass
 
+    def clock(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
     bare()
-    t_bare, t_lazy, t_dm = timed(bare, 3), timed(lazy, 3), timed(module, 3)
+    module()
+    # The loops alternate, round after round, so other work on the machine slows both alike;
+    # each figure is the median over the rounds.
+    rounds = [(clock(bare), clock(lazy), clock(module)) for _ in range(repeats)]
+    t_bare, t_lazy, t_dm = (statistics.median(r[k] for r in rounds) for k in range(3))
     n = len(paths)
     return {
         "models": n,
+        "rounds": repeats,
         "bare_models_per_s": n / t_bare,
         "lazy_models_per_s": n / t_lazy,
         "datamodule_models_per_s": n / t_dm,
-        "ratio": t_dm / t_bare,
+        "ratio": statistics.median(dm / b for b, _, dm in rounds),
     }
 
 
 def peak_rss(root: Path) -> dict[str, float]:
+    # ru_maxrss is no good here: Linux carries the parent's peak RSS into a child across exec,
+    # so it would report this (large) benchmark process. VmHWM is the child's own peak, and
+    # clear_refs resets it to the current RSS just before the epoch.
     code = (
-        "import resource, json, sys\n"
+        "import json\n"
         "from nwa.data import ModelZooDataModule\n"
+        "def mb(field):\n"
+        "    with open('/proc/self/status') as f:\n"
+        "        return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ':')) / 1024\n"
         f"dm = ModelZooDataModule({str(root)!r}, layers='probe.weight', normalize=False, cache=False, batch_size=32, val_splits=['train'])\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "with open('/proc/self/clear_refs', 'w') as f:\n"
+        "    f.write('5')\n"
+        "base = mb('VmRSS')\n"
         "n = sum(b['y'].shape[0] for b in dm.train_dataloader())\n"
-        "print(json.dumps({'n': n, 'before_mb': base / 1024, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+        "print(json.dumps({'n': n, 'before_mb': base, 'peak_mb': mb('VmHWM')}))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     out = subprocess.run(
@@ -167,6 +189,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--zoo-gb", type=float, default=2.0)
     parser.add_argument("--epoch-models", type=int, default=500)
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="alternating rounds of the epoch comparison [2]"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -177,9 +202,10 @@ def main() -> None:
             f"({100 * r['cold_ratio']:.2f} %); warm {r['warm_one_s'] * 1e3:.2f} ms vs {r['warm_whole_s'] * 1e3:.0f} ms ({100 * r['warm_ratio']:.2f} %)"
         )
         write_zoo(work / "small", args.epoch_models, 1.0)
-        e = bench_epoch(work / "small")
+        e = bench_epoch(work / "small", args.rounds)
         print(
-            f"[2] epoch over {e['models']} models, one 1 MB layer each: DataModule {e['datamodule_models_per_s']:.0f} models/s; "
+            f"[2] epoch over {e['models']} models, one 1 MB layer each (medians of {e['rounds']} alternating rounds): "
+            f"DataModule {e['datamodule_models_per_s']:.0f} models/s; "
             f"bare safe_open + get_tensor loop {e['bare_models_per_s']:.0f} models/s (DataModule takes {e['ratio']:.2f}x its time); "
             f"lazy views never read {e['lazy_models_per_s']:.0f} models/s"
         )

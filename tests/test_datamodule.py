@@ -128,9 +128,11 @@ def test_normalisation_uses_training_models_only(chain_zoo):
 
 def test_reads_only_selected_tensors(chain_zoo, monkeypatch):
     read = []
-    original = wio.SafetensorsFile.get
+    original = wio.SafetensorsFile._read_bytes  # where every read of tensor data goes
     monkeypatch.setattr(
-        wio.SafetensorsFile, "get", lambda self, name: read.append(name) or original(self, name)
+        wio.SafetensorsFile,
+        "_read_bytes",
+        lambda self, name, out: read.append(name) or original(self, name, out),
     )
     dm = ModelZooDataModule(str(chain_zoo.root), layers="fc.weight", normalize=False, cache=False)
     assert read == []  # building reads headers only
@@ -205,3 +207,130 @@ def test_stats_features_are_computed_once_per_model(chain_zoo, monkeypatch):
         for _ in dm.train_dataloader():
             pass
     assert len(calls) == len(dm.dataset("train"))
+
+
+def _per_item_batches(dm: ModelZooDataModule, loader) -> list[dict]:
+    """The batches ``loader`` yields, built the old way: one item at a time, then collated."""
+    ds = loader.dataset
+    return [dm.collate([ds[i] for i in idx]) for idx in loader.batch_sampler]
+
+
+def _assert_same_batch(got, want) -> None:
+    assert got.keys() == want.keys()
+    for key in want:
+        g, w = got[key], want[key]
+        if isinstance(w, dict):
+            assert g.keys() == w.keys()
+            for name in w:
+                assert g[name].shape == w[name].shape and torch.equal(g[name], w[name])
+        else:
+            assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(g, w)
+
+
+@pytest.mark.parametrize("input", ["matrix", "flat"])
+@pytest.mark.parametrize("cache", [False, True])
+def test_batched_fetch_equals_items_then_collate(chain_zoo, input, cache):
+    # Models are read straight into their batch slots; the result must be exactly what reading
+    # each item and stacking gives, normalised, with a short last batch, cached or not.
+    dm = ModelZooDataModule(
+        str(chain_zoo.root),
+        layers=["conv2.weight", "fc.weight", "fc.bias"],
+        input=input,
+        batch_size=5,
+        cache=cache,
+    )
+    assert dm.normalizer.std["fc.weight"] != 1.0
+    loader = dm.val_dataloader()
+    for _ in range(2):  # the second epoch reads from the cache when there is one
+        got = list(loader)
+        want = _per_item_batches(dm, loader)
+        assert len(got) == len(want) == 2 and len(got[-1]["y"]) == len(dm.dataset("val")) - 5
+        for g, w in zip(got, want):
+            _assert_same_batch(g, w)
+
+
+def test_batched_fetch_gives_items_to_other_collates(chain_zoo):
+    from torch.utils.data import DataLoader, default_collate
+
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="fc.weight", batch_size=4)
+    ds = dm.dataset("train")
+    items = ds.__getitems__([3, 1, 2])
+    assert len(items) == 3 and [it["index"] for it in items] == [3, 1, 2]
+    for it in items:
+        want = ds[it["index"]]
+        assert torch.equal(it["x"]["fc.weight"], want["x"]["fc.weight"])
+        assert torch.equal(it["y"], want["y"])
+    batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=default_collate)))
+    _assert_same_batch(batch, dm.collate([ds[i] for i in range(4)]))
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_batched_fetch_checks_finite_and_names_the_file(tmp_path, cache):
+    zoo = write_chain_zoo(tmp_path, trees=1, per_tree=8)
+    kw = dict(layers=["conv1.weight", "fc.weight"], normalize=False, cache=cache, batch_size=4)
+    dm = ModelZooDataModule(str(tmp_path), **kw)
+    row = zoo.split("train").iloc[1]
+    bad = torch.randn(6, 4)
+    bad[2, 1] = float("inf")
+    save_file({"conv1.weight": torch.randn(4, 1, 3, 3), "fc.weight": bad}, str(zoo.path_of(row)))
+    for _ in range(2):  # and again: a bad model is never cached as good
+        with pytest.raises(NonFiniteWeightsError, match=rf"{zoo.path_of(row).name} \[fc.weight\]"):
+            list(dm.train_dataloader())
+
+
+def test_worker_batches_equal_main_process_batches(chain_zoo, monkeypatch):
+    # Workers build batches in shared memory; they must match those built in the main process.
+    kw = dict(layers=["conv1.weight", "fc.weight"], batch_size=4, cache=False)
+    main = ModelZooDataModule(str(chain_zoo.root), **kw)
+    workers = ModelZooDataModule(str(chain_zoo.root), num_workers=1, **kw)
+    got = list(workers.val_dataloader())
+    assert got[0]["x"]["fc.weight"].is_shared()
+    for g, w in zip(got, main.val_dataloader(), strict=True):
+        _assert_same_batch(g, w)
+    import nwa.data.module as module
+
+    assert not main.batch_memory(8).is_shared()
+    monkeypatch.setattr(module, "get_worker_info", lambda: object())  # as inside a worker
+    assert main.batch_memory(8).is_shared()  # sending it to the main process copies nothing
+
+
+def test_batch_memory_reuses_only_blocks_nothing_references():
+    import pickle
+
+    from nwa.data.reading import BatchMemory
+
+    memory = BatchMemory(keep=2)
+    a = memory(100)
+    ptr = a.data_ptr()
+    a.fill_(1.0)
+    row = a.view(10, 10)[3]  # a view keeps the block busy, as a model's input slice would
+    del a
+    b = memory(100)
+    assert b.data_ptr() != ptr and row.eq(1.0).all()
+    del row
+    d = memory(80)
+    assert d.data_ptr() == ptr  # free again; a smaller request fits it
+    c = memory(100)  # both kept blocks are busy and keep=2 is reached: a block not kept
+    assert c.data_ptr() not in (ptr, b.data_ptr()) and len(memory._blocks) == 2
+    del b
+    assert memory(300).numel() == 300  # replaces the idle block too small for it
+    assert ptr in [blk.ctypes.data for blk in memory._blocks]  # d's block, still busy, stays
+    assert pickle.loads(pickle.dumps(memory))._blocks == []
+
+
+def test_held_batches_are_never_overwritten(chain_zoo):
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="fc.weight", batch_size=2, cache=False)
+    held = [(b["x"]["fc.weight"], b["x"]["fc.weight"].clone()) for b in dm.train_dataloader()]
+    only_view = next(iter(dm.train_dataloader()))["x"]["fc.weight"][1]
+    copy = only_view.clone()
+    for _ in range(2):
+        for _ in dm.train_dataloader():
+            pass
+    assert len(held) > 4
+    assert all(torch.equal(t, want) for t, want in held) and torch.equal(only_view, copy)
+    # A loop that drops each batch needs two blocks: the batch it holds and the next one.
+    dm = ModelZooDataModule(str(chain_zoo.root), layers="fc.weight", batch_size=2, cache=False)
+    for _ in range(2):
+        for _ in dm.train_dataloader():
+            pass
+    assert len(dm._memory._blocks) == 2

@@ -168,7 +168,7 @@ def test_listing_reads_no_tensor_data(files, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("tensor data was opened")
 
-    monkeypatch.setattr(wfmt, "safe_open", refuse)
+    monkeypatch.setattr(wfmt.SafetensorsFile, "_read_bytes", refuse)
     assert main(["inspect", str(files["good"])]) == 0
     assert "classifier.weight" in capsys.readouterr().out
 

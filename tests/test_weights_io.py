@@ -16,6 +16,7 @@ from nwa.errors import (
     CorruptWeightsError,
     LayerNotFoundError,
     NonFiniteWeightsError,
+    ShapeMismatchError,
     UnsafeCheckpointError,
     WeightsNotFoundError,
 )
@@ -42,24 +43,21 @@ def st_file(tmp_path):
 
 
 class _Recorder:
-    """Wraps ``safe_open`` to record which files are opened and which tensors are read."""
+    """Wraps the one place safetensors data is read: which files and tensors are read."""
 
     def __init__(self, monkeypatch):
         self.opened: list[str] = []
         self.read: list[str] = []
-        real = wfmt.safe_open
+        real = wfmt.SafetensorsFile._read_bytes
         recorder = self
 
-        class Handle:
-            def __init__(self, path, **kw):
-                recorder.opened.append(os.path.basename(path))
-                self._h = real(path, **kw)
+        def read_bytes(src, name, out):
+            if src.path.name not in recorder.opened:
+                recorder.opened.append(src.path.name)
+            recorder.read.append(name)
+            return real(src, name, out)
 
-            def get_tensor(self, name):
-                recorder.read.append(name)
-                return self._h.get_tensor(name)
-
-        monkeypatch.setattr(wfmt, "safe_open", Handle)
+        monkeypatch.setattr(wfmt.SafetensorsFile, "_read_bytes", read_bytes)
 
 
 def test_safetensors_round_trip(st_file):
@@ -89,7 +87,7 @@ def test_listing_reads_no_tensor_data(st_file, monkeypatch):
         calls.append(args)
         raise RuntimeError("tensor data was opened")
 
-    monkeypatch.setattr(wfmt, "safe_open", refuse)
+    monkeypatch.setattr(wfmt.SafetensorsFile, "_read_bytes", refuse)
     src = open_weights(st_file)
     assert len(src.names()) == 5
     assert src.info("conv.weight").shape == (4, 3, 3, 3)
@@ -106,6 +104,51 @@ def test_get_reads_only_that_tensor(st_file, monkeypatch):
     src = open_weights(st_file)
     src.get("fc.weight")
     assert rec.read == ["fc.weight"]
+
+
+def test_read_into_fills_the_given_tensor(st_file, monkeypatch, tmp_path):
+    want = _tensors()
+    rec = _Recorder(monkeypatch)
+    with open_weights(st_file) as src:
+        out = torch.empty(4, 3, 3, 3)
+        assert src.read_into("conv.weight", out) is out and torch.equal(out, want["conv.weight"])
+        batch = torch.zeros(3, 2, 5, 4)  # into a slot of a bigger tensor, cast f16 -> f32
+        src.read_into("fc.weight", batch[1, 1])
+        assert torch.equal(batch[1, 1], want["fc.weight"].float()) and batch[1, 0].eq(0).all()
+        strided = torch.empty(4, 5).t()  # not contiguous
+        assert torch.equal(src.read_into("fc.weight", strided), want["fc.weight"].float())
+        src.read_into("fc.bias", bias := torch.empty(5, dtype=torch.bfloat16))
+        assert torch.equal(bias, want["fc.bias"])
+        with pytest.raises(ShapeMismatchError, match=r"\[5, 4\]"):
+            src.read_into("fc.weight", torch.empty(4, 5))
+        with pytest.raises(LayerNotFoundError):
+            src.read_into("nope", torch.empty(1))
+    assert rec.read == ["conv.weight", "fc.weight", "fc.weight", "fc.bias"]
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    _write_sharded(folder)
+    with open_weights(folder) as src:
+        assert torch.equal(src.read_into("step", torch.empty(1)), torch.tensor([7.0]))
+
+
+def test_reads_after_close_and_handle_released(st_file):
+    src = open_weights(st_file)
+    first = src.get("conv.bias")
+    src.close()
+    assert torch.equal(src.get("conv.bias"), first)  # reopens on demand
+    handle = src._file
+    assert handle is not None and not handle.closed
+    del src  # dropped without close(): the handle is closed anyway
+    assert handle.closed
+
+
+def test_file_truncated_after_opening(st_file):
+    src = open_weights(st_file)
+    assert len(src.names()) == 5  # header read while the file was whole
+    data = st_file.read_bytes()
+    st_file.write_bytes(data[: 8 + struct.unpack("<Q", data[:8])[0] + 2])  # header, 2 data bytes
+    with pytest.raises(CorruptWeightsError, match="file ended after [02] of the tensor's"):
+        src.get("conv.weight")
 
 
 def _write_sharded(folder):

@@ -12,9 +12,21 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from nwa.data.reading import INPUTS, Normalizer, collate, make_input, read_layers, resolve_spec
+from nwa.data.reading import (
+    BATCHED_INPUTS,
+    INPUTS,
+    BatchLayout,
+    BatchMemory,
+    Normalizer,
+    check_finite_batch,
+    collate,
+    make_input,
+    read_layers,
+    read_layers_into,
+    resolve_spec,
+)
 from nwa.errors import ConfigError, NonFiniteWeightsError, ZooError
 from nwa.tasks import Targets
 from nwa.weights.spec import WeightShapes
@@ -28,7 +40,9 @@ class WeightDataset(Dataset):
     """Models of a zoo as ``{"x": input, "y": target, "index": row}`` items.
 
     Reads only the selected tensors of each model, lazily; with ``cache`` the read tensors are
-    kept (only those, never whole models), so later epochs read nothing.
+    kept (only those, never whole models), so later epochs read nothing. A DataLoader fetches a
+    batch at once (:meth:`__getitems__`): for the ``matrix`` and ``flat`` inputs each model is
+    read straight into its slot of the batch.
     """
 
     def __init__(
@@ -36,7 +50,7 @@ class WeightDataset(Dataset):
     ) -> None:
         self.dm = module
         self.rows = rows.reset_index(drop=True)
-        self._records = [row for _, row in self.rows.iterrows()]  # iloc per item is slow
+        self._records = self.rows.to_dict("records")  # row access per item: pandas is slow
         self.augment = augment
         self.targets = module.encode_targets(self.rows)
         self._cache: dict[int, dict[str, torch.Tensor]] = {}
@@ -64,6 +78,47 @@ class WeightDataset(Dataset):
             # StatNN features sort every tensor: compute them once, not every epoch.
             self._inputs[i] = x
         return {"x": x, "y": self.targets[i], "index": i}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The items of a batch, fetched together (the DataLoader calls this, not ``[i]``).
+
+        For the ``matrix`` and ``flat`` inputs every model is read straight into its slot of one
+        batch, which is then checked and normalised whole; the items are views of that batch:
+        the module's collate returns the batch as is, any other collate still gets plain items.
+        """
+        dm, layout = self.dm, self.dm.layout
+        if layout is None or self.augment:
+            return [self[i] for i in indices]
+        x, slots = layout.empty(len(indices), dm.batch_memory)
+        read = []
+        for j, (i, slot) in enumerate(zip(indices, slots)):
+            cached = self._cache.get(i)
+            if cached is None:
+                read_layers_into(dm.zoo, self._records[i], slot, check=False)
+                read.append(j)
+            else:
+                for n, t in slot.items():
+                    t.copy_(cached[n])
+        # One pass per tensor over the whole batch: far fewer operations (and thread
+        # wake-ups) than one per model.
+        layers = layout.layers(x)
+        check_finite_batch(layers, lambda j: dm.zoo.path_of(self._records[indices[j]]))
+        if dm.cache:
+            for j in read:
+                self._cache[indices[j]] = {n: t.clone() for n, t in slots[j].items()}
+        dm.normalizer.apply_(layers)
+        y = self.targets[indices]
+        batch = {"x": x, "y": y, "index": torch.tensor(indices)}
+        items = [{"x": layout.item(x, j), "y": y[j], "index": i} for j, i in enumerate(indices)]
+        return CollatedItems(items, batch)
+
+
+class CollatedItems(list):
+    """Items of a batch that was built whole; ``batch`` is what collating them gives."""
+
+    def __init__(self, items: list[dict[str, Any]], batch: dict[str, Any]) -> None:
+        super().__init__(items)
+        self.batch = batch
 
 
 class ModelZooDataModule(L.LightningDataModule):
@@ -147,6 +202,10 @@ class ModelZooDataModule(L.LightningDataModule):
         self._check_labels()
         self.spec, self.extra_names = resolve_spec(self.zoo, self.rows, layers, input)
         self.layer_names = [n for n in self.spec.names if n not in self.extra_names]
+        self.layout = (
+            BatchLayout(input, self.spec, self.layer_names) if input in BATCHED_INPUTS else None
+        )
+        self._memory = BatchMemory()
         self.class_names = self._class_names()
         self.normalizer = Normalizer.identity(self.spec.names)
         self._datasets: dict[str, WeightDataset] = {}
@@ -329,7 +388,24 @@ class ModelZooDataModule(L.LightningDataModule):
             collate_fn=self.collate,
         )
 
+    def batch_memory(self, numel: int) -> torch.Tensor:
+        """Uninitialised float32 memory for one batch built in place.
+
+        In a DataLoader worker it is shared memory, as the default collate allocates, so sending
+        the batch to the main process copies nothing; in the main process blocks are reused once
+        their last batch is gone (:class:`BatchMemory`).
+        """
+        if get_worker_info() is not None:
+            storage = torch.UntypedStorage._new_shared(numel * 4)
+            return torch.empty(0).set_(storage, 0, (numel,))
+        return self._memory(numel)
+
+    def teardown(self, stage: str) -> None:
+        self._memory.release()
+
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        if isinstance(items, CollatedItems):
+            return items.batch
         return {
             "x": collate(self.input, [it["x"] for it in items]),
             "y": torch.stack([torch.as_tensor(it["y"]) for it in items]),

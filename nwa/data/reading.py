@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -13,6 +18,8 @@ from nwa.weights.spec import ZooSpec, check_finite, select_layers, to_matrix
 from nwa.zoo.manifest import Zoo
 
 INPUTS = ("matrix", "flat", "stats", "graph", "chain")
+BATCHED_INPUTS = ("matrix", "flat")
+"""Inputs whose batches models are read straight into (see :class:`BatchLayout`)."""
 
 
 def bias_name(weight: str) -> str | None:
@@ -59,7 +66,7 @@ def resolve_spec(
 
 
 def read_layers(
-    zoo: Zoo, row: pd.Series, names: Sequence[str], check: bool = True
+    zoo: Zoo, row: Mapping[str, Any], names: Sequence[str], check: bool = True
 ) -> dict[str, torch.Tensor]:
     """Read only ``names`` from one model, as float32; raise on NaN/Inf when ``check``."""
     out = {}
@@ -70,6 +77,18 @@ def read_layers(
                 check_finite(t, zoo.path_of(row), n)
             out[n] = t
     return out
+
+
+def read_layers_into(
+    zoo: Zoo, row: Mapping[str, Any], out: Mapping[str, torch.Tensor], check: bool = True
+) -> None:
+    """Read the tensors ``out`` names from one model into ``out``'s tensors (same shapes; values
+    cast to their dtype); raise on NaN/Inf when ``check``."""
+    with zoo.open_model(row) as src:
+        for n, t in out.items():
+            src.read_into(n, t)
+            if check:
+                check_finite(t, zoo.path_of(row), n)
 
 
 @dataclass
@@ -95,9 +114,18 @@ class Normalizer:
         return cls(dict.fromkeys(names, 0.0), dict.fromkeys(names, 1.0))
 
     def __call__(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if all(self.mean[n] == 0.0 and self.std[n] == 1.0 for n in tensors):
+        if self._identity(tensors):
             return tensors
         return {n: (t - self.mean[n]) / self.std[n] for n, t in tensors.items()}
+
+    def apply_(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Normalise ``tensors`` in place (the same values :meth:`__call__` returns)."""
+        if not self._identity(tensors):
+            for n, t in tensors.items():
+                t.sub_(self.mean[n]).div_(self.std[n])
+
+    def _identity(self, names: Iterable[str]) -> bool:
+        return all(self.mean[n] == 0.0 and self.std[n] == 1.0 for n in names)
 
 
 def make_input(kind: str, tensors: dict[str, torch.Tensor], spec: ZooSpec, weights: Sequence[str]):
@@ -122,6 +150,143 @@ def make_input(kind: str, tensors: dict[str, torch.Tensor], spec: ZooSpec, weigh
     if kind == "chain":
         return {"weights": ws, "biases": bs}
     return chain_to_graph(ws, bs)
+
+
+class BatchLayout:
+    """Where each model's tensors lie in one batch of the ``matrix`` or ``flat`` input.
+
+    A batch is one block of float32 memory; each model is read straight into its slot, so a
+    batch costs no per-model tensor and no stacking copy. The batch equals what :func:`collate`
+    makes of the models' :func:`make_input` results.
+    """
+
+    _ALIGN = 16  # each layer's block starts on a 64-byte boundary
+
+    def __init__(self, kind: str, spec: ZooSpec, weights: Sequence[str]) -> None:
+        if kind not in BATCHED_INPUTS:
+            raise ValueError(f"input {kind!r} is not built in place (only {BATCHED_INPUTS})")
+        self.kind = kind
+        names = list(weights) if kind == "matrix" else spec.names
+        self.shapes = {n: spec[n].shape for n in names}
+        self.numel = {n: spec[n].numel for n in names}
+        self.matrix = {n: spec[n].matrix for n in names}
+
+    def size(self, n: int) -> int:
+        """Elements in a batch of ``n`` models (with alignment padding)."""
+        if self.kind == "flat":
+            return n * sum(self.numel.values())
+        return sum(-(-n * k // self._ALIGN) * self._ALIGN for k in self.numel.values())
+
+    def empty(
+        self, n: int, alloc: Callable[[int], torch.Tensor] = torch.empty
+    ) -> tuple[Any, list[dict[str, torch.Tensor]]]:
+        """An uninitialised batch of ``n`` models in memory from ``alloc(numel)`` (1-D float32),
+        and each model's slots: views in the stored shape of every tensor it is read into."""
+        block = alloc(self.size(n))
+        if self.kind == "flat":
+            x = block.view(n, -1)
+            slots = []
+            for j in range(n):
+                row, at, slot = x[j], 0, {}
+                for name, k in self.numel.items():
+                    slot[name] = row[at : at + k].view(self.shapes[name])
+                    at += k
+                slots.append(slot)
+            return x, slots
+        x, at = {}, 0
+        for name, k in self.numel.items():
+            x[name] = block[at : at + n * k].view(n, *self.matrix[name])
+            at += -(-n * k // self._ALIGN) * self._ALIGN
+        slots = [{name: x[name][j].view(self.shapes[name]) for name in x} for j in range(n)]
+        return x, slots
+
+    def item(self, x: Any, j: int) -> Any:
+        """Model ``j``'s input inside batch ``x`` (a view, as :func:`make_input` would give it)."""
+        return x[j] if self.kind == "flat" else {name: t[j] for name, t in x.items()}
+
+    def layers(self, x: Any) -> dict[str, torch.Tensor]:
+        """Each tensor's values for the whole batch ``x``, as views [n, ...], for passes that
+        treat a batch at once (one operation per tensor, not one per model)."""
+        if self.kind == "matrix":
+            return dict(x)
+        out, at = {}, 0
+        for name, k in self.numel.items():
+            out[name] = x[:, at : at + k]
+            at += k
+        return out
+
+
+def check_finite_batch(
+    layers: Mapping[str, torch.Tensor], path_of: Callable[[int], str | Path]
+) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the model's file and the tensor if any model
+    of a batch holds NaN or Inf; ``layers[name][j]`` is model ``j``'s tensor, in ``path_of(j)``.
+
+    One reduction per tensor covers the whole batch; models are looked at one by one only when
+    it is not finite.
+    """
+    for name, t in layers.items():
+        if math.isfinite(t.sum().item()):
+            continue
+        for j in range(len(t)):
+            check_finite(t[j], path_of(j), name)
+
+
+class BatchMemory:
+    """Float32 blocks for batches, each reused once no tensor of its last batch is left.
+
+    A fresh batch-sized block costs the kernel a page fault and a zeroed page per 4 KiB, more than
+    reading models into it; a training loop drops each batch soon, so its block is reused instead.
+    A block is handed out only while nothing references the batch it held: the batch's tensors
+    share one storage, made by ``torch.from_numpy`` from a view of the block that the storage
+    alone holds, and the pool watches that view through a weak reference. At most ``keep`` blocks
+    are kept (a loop holds one or two batches at a time); past that, blocks are not reused.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._blocks: list[np.ndarray] = []
+        self._users: list[weakref.ref | None] = []  # the view each block's last batch holds
+
+    def __call__(self, numel: int) -> torch.Tensor:
+        """An uninitialised 1-D float32 tensor of ``numel`` elements."""
+        nbytes = numel * 4
+        idle = [k for k, user in enumerate(self._users) if user is None or user() is None]
+        fits = [k for k in idle if self._blocks[k].nbytes >= nbytes]
+        if fits:
+            k = min(fits, key=lambda k: self._blocks[k].nbytes)
+        else:
+            block = _aligned_bytes(nbytes)
+            if len(self._blocks) < self.keep:
+                k = len(self._blocks)
+                self._blocks.append(block)
+                self._users.append(None)
+            elif idle:
+                k = idle[0]  # replace a block too small for this batch
+                self._blocks[k] = block
+            else:
+                return torch.from_numpy(block).view(torch.float32)  # not kept
+        view = self._blocks[k][:nbytes]  # the batch's storage holds this view, and only it does
+        self._users[k] = weakref.ref(view)
+        return torch.from_numpy(view).view(torch.float32)
+
+    def release(self) -> None:
+        """Drop the kept blocks (batches still referenced keep theirs)."""
+        self._blocks.clear()
+        self._users.clear()
+
+    def __reduce__(self) -> tuple:
+        return (BatchMemory, (self.keep,))  # a copy (e.g. in a spawned worker) starts empty
+
+
+def _aligned_bytes(nbytes: int, align: int = 64) -> np.ndarray:
+    """``nbytes`` uninitialised bytes starting on an ``align`` boundary, as torch allocates.
+
+    numpy asks the kernel for huge pages for large arrays, which makes fresh blocks cheaper.
+    """
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start : start + nbytes]
 
 
 def collate(kind: str, items: list):

@@ -3,16 +3,20 @@ pickles loaded only with ``weights_only=True``."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import pickle
 import struct
 import warnings
+import weakref
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import BinaryIO, NamedTuple
 
 import torch
-from safetensors import safe_open
 
 from nwa.errors import CorruptWeightsError, UnsafeCheckpointError, WeightsNotFoundError
 from nwa.weights.source import TensorInfo, WeightSource
@@ -32,6 +36,8 @@ SAFETENSORS_DTYPES = {
     "F8_E5M2": getattr(torch, "float8_e5m2", torch.uint8),
 }
 _MAX_HEADER = 100 * 1024 * 1024
+_HEAD_READ = 16 * 1024  # first read: the header length and, for most files, the header
+_POSITIONAL = hasattr(os, "pread") and hasattr(os, "preadv")  # reads that need no seek
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -47,56 +53,88 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, TensorInfo], di
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(path, "no such file")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CorruptWeightsError(
-                path, f"file is {size} bytes, too short for a safetensors header"
-            )
-        (n,) = struct.unpack("<Q", head)
-        if n > min(_MAX_HEADER, size - 8):
-            raise CorruptWeightsError(
-                path,
-                f"header length {n} exceeds the file ({size} bytes): truncated or not safetensors",
-            )
-        raw = f.read(n)
+    with open(path, "rb", buffering=0) as f:
+        header = _read_header(f, path)
+    return dict(header.infos), dict(header.metadata)
+
+
+class _Header(NamedTuple):
+    infos: Mapping[str, TensorInfo]  # read-only: parsed headers are shared (see _parse_header)
+    metadata: Mapping[str, str]
+    offsets: Mapping[str, int]  # where each tensor's bytes start in the file
+
+
+class _HeaderError(Exception):
+    def __init__(self, reason: str, tensor: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.tensor = reason, tensor
+
+
+def _read_header(f: BinaryIO, path: Path) -> _Header:
+    """Read and validate the header of an open (unbuffered) safetensors file."""
+    size = os.fstat(f.fileno()).st_size
+    # One read gets the length and, for all but huge headers, the whole header.
+    head = _pread(f, min(size, _HEAD_READ), 0)
+    if len(head) < 8:
+        raise CorruptWeightsError(path, f"file is {size} bytes, too short for a safetensors header")
+    (n,) = struct.unpack_from("<Q", head)
+    if n > min(_MAX_HEADER, size - 8):
+        raise CorruptWeightsError(
+            path,
+            f"header length {n} exceeds the file ({size} bytes): truncated or not safetensors",
+        )
+    raw = head[8 : 8 + n]
+    if len(raw) < n:
+        raw += _pread(f, n - len(raw), 8 + len(raw))
+    if len(raw) < n:  # the file shrank since fstat
+        raise CorruptWeightsError(path, f"header ends after {len(raw)} of its {n} bytes")
+    try:
+        if n <= _HEAD_READ:
+            return _parse_header(raw, size)
+        return _parse_header.__wrapped__(raw, size)  # too big to keep
+    except _HeaderError as e:
+        raise CorruptWeightsError(path, e.reason, tensor=e.tensor) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_header(raw: bytes, size: int) -> _Header:
+    """Parse and validate the JSON header ``raw`` of a file of ``size`` bytes.
+
+    The result depends on nothing else, and the members of a zoo (one architecture, one writer)
+    have byte-identical headers: each distinct header is parsed once, not once per file read.
+    """
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptWeightsError(
-            path, f"header is not valid JSON ({e.__class__.__name__})"
-        ) from None
+        raise _HeaderError(f"header is not valid JSON ({e.__class__.__name__})") from None
     if not isinstance(header, dict):
-        raise CorruptWeightsError(path, "header is not a JSON object")
+        raise _HeaderError("header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict):
-        raise CorruptWeightsError(path, "header '__metadata__' is not a JSON object")
+        raise _HeaderError("header '__metadata__' is not a JSON object")
     entries = []
-    data_size = size - 8 - n
+    data_start = 8 + len(raw)
+    data_size = size - data_start
     for name, entry in header.items():
         try:
             dtype = SAFETENSORS_DTYPES[entry["dtype"]]
             shape = tuple(int(s) for s in entry["shape"])
             start, end = (int(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise CorruptWeightsError(path, "malformed header entry", tensor=name) from None
+            raise _HeaderError("malformed header entry", name) from None
         numel = 1
         for s in shape:
             numel *= s
         if end - start != numel * dtype.itemsize or start < 0:
-            raise CorruptWeightsError(
-                path, f"byte range {start}..{end} does not fit shape {list(shape)}", tensor=name
-            )
+            raise _HeaderError(f"byte range {start}..{end} does not fit shape {list(shape)}", name)
         if end > data_size:
-            raise CorruptWeightsError(
-                path,
-                f"data ends at byte {end} but the file holds {data_size}: truncated",
-                tensor=name,
+            raise _HeaderError(
+                f"data ends at byte {end} but the file holds {data_size}: truncated", name
             )
         entries.append((start, name, TensorInfo(name, shape, dtype)))
     entries.sort()
     infos = {name: info for _, name, info in entries}
+    offsets = {name: data_start + start for start, name, _ in entries}
     layout = meta.get("nwa.layout")
     if layout:
         try:
@@ -106,52 +144,116 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, TensorInfo], di
             }
         except (json.JSONDecodeError, TypeError):
             pass
-    return infos, {str(k): str(v) for k, v in meta.items()}
+    return _Header(
+        MappingProxyType(infos),
+        MappingProxyType({str(k): str(v) for k, v in meta.items()}),
+        MappingProxyType(offsets),
+    )
+
+
+def _pread(f: BinaryIO, n: int, offset: int) -> bytes:
+    """Up to ``n`` bytes of ``f`` from ``offset`` (fewer only at the end of the file)."""
+    if _POSITIONAL:
+        out = os.pread(f.fileno(), n, offset)
+        while 0 < len(out) < n:
+            more = os.pread(f.fileno(), n - len(out), offset + len(out))
+            if not more:
+                break
+            out += more
+        return out
+    buf = bytearray(n)
+    del buf[_readinto_at(f, memoryview(buf), offset) :]
+    return bytes(buf)
+
+
+def _readinto_at(f: BinaryIO, buffer: memoryview, offset: int) -> int:
+    """Fill ``buffer`` from ``offset`` of ``f``; return the bytes read (short only at the end)."""
+    done, total = 0, len(buffer)
+    while done < total:
+        if _POSITIONAL:  # no seek: safe when threads share the file
+            got = os.preadv(f.fileno(), [buffer[done:]], offset + done)
+        else:
+            f.seek(offset + done)
+            got = f.readinto(buffer[done:])
+        if not got:
+            break
+        done += got
+    return done
 
 
 class SafetensorsFile(WeightSource):
-    """One ``.safetensors`` file, memory-mapped; a read touches only that tensor's bytes.
+    """One ``.safetensors`` file; reading a tensor reads that tensor's bytes and nothing else.
 
-    The header is parsed and validated on first need: a plain :meth:`get` of a present tensor
-    goes straight to the memory map, and only a failed read parses the header to say why.
+    Construction opens the file and reads nothing. The header is read and validated on first
+    need, through that handle; each tensor is then one positioned read of its byte range,
+    straight into the returned tensor (or into the caller's, with :meth:`read_into`), which
+    owns its memory. Tensors are not memory-mapped: faulting a map in page by page makes the
+    kernel read ahead megabytes around each fault on a cold page cache, many times what one
+    small tensor needs.
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise WeightsNotFoundError(self.path, "no such file")
-        self._header: tuple[dict[str, TensorInfo], dict[str, str]] | None = None
-        self._handle = None
+        self.path = path if isinstance(path, Path) else Path(path)
+        self._header: _Header | None = None
+        self._file: BinaryIO | None = None
+        self._closer: weakref.finalize | None = None
+        self._handle()  # opens the file (reads nothing), or says it is missing
 
-    def _parsed(self) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    def _handle(self) -> BinaryIO:
+        if self._file is None:
+            try:
+                self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise WeightsNotFoundError(self.path, "no such file") from None
+            # A source dropped without close() still releases its handle, without a warning.
+            self._closer = weakref.finalize(self, self._file.close)
+        return self._file
+
+    def _parsed(self) -> _Header:
         if self._header is None:
-            self._header = read_safetensors_header(self.path)
+            self._header = _read_header(self._handle(), self.path)
         return self._header
 
     def infos(self) -> Mapping[str, TensorInfo]:
-        return self._parsed()[0]
+        return self._parsed().infos
 
     def metadata(self) -> dict[str, str]:
-        return dict(self._parsed()[1])
-
-    def get(self, name: str) -> torch.Tensor:
-        if self._header is not None and name not in self._header[0]:
-            raise self._missing(name)
-        try:
-            if self._handle is None:
-                self._handle = safe_open(str(self.path), framework="pt", device="cpu")
-            return self._handle.get_tensor(name)
-        except Exception as e:  # safetensors raises its own untyped errors
-            self._parsed()  # raises the precise CorruptWeightsError when the header is at fault
-            if name not in self.infos():
-                raise self._missing(name) from None
-            raise CorruptWeightsError(self.path, f"cannot read: {e}", tensor=name) from None
+        return dict(self._parsed().metadata)
 
     def _read(self, name: str) -> torch.Tensor:
-        return self.get(name)
+        info = self.infos()[name]
+        out = torch.empty(info.shape, dtype=info.dtype)
+        self._read_bytes(name, out)
+        return out
+
+    def read_into(self, name: str, out: torch.Tensor) -> torch.Tensor:
+        info = self._check_out(name, out)
+        if out.dtype == info.dtype and out.is_contiguous() and out.device.type == "cpu":
+            self._read_bytes(name, out)
+        else:
+            out.copy_(self._read(name))
+        return out
+
+    def _read_bytes(self, name: str, out: torch.Tensor) -> None:
+        """Read the stored bytes of ``name`` into ``out`` (contiguous, of its dtype and size)."""
+        nbytes = out.numel() * out.element_size()
+        if nbytes == 0:
+            return
+        target = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        f, offset = self._handle(), self._parsed().offsets[name]
+        try:
+            got = _readinto_at(f, target, offset)
+        except OSError as e:
+            raise CorruptWeightsError(self.path, f"cannot read: {e}", tensor=name) from None
+        if got < nbytes:
+            raise CorruptWeightsError(
+                self.path, f"file ended after {got} of the tensor's {nbytes} bytes", tensor=name
+            )
 
     def close(self) -> None:
-        self._handle = None
+        if self._closer is not None:
+            self._closer()  # closes the file once, whoever asks first
+        self._file = self._closer = None
 
 
 def _unpickling_reason(message: str) -> str:
@@ -292,6 +394,10 @@ class ShardedFolder(WeightSource):
 
     def _read(self, name: str) -> torch.Tensor:
         return self._shards[self._where[name]].get(name)
+
+    def read_into(self, name: str, out: torch.Tensor) -> torch.Tensor:
+        self._check_out(name, out)
+        return self._shards[self._where[name]].read_into(name, out)
 
     def metadata(self) -> dict[str, str]:
         return next(iter(self._shards.values())).metadata() if self._shards else {}

@@ -8,6 +8,7 @@ are only ever loaded with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -107,10 +108,12 @@ def open_weights(path: str | Path, lora: bool | None = None) -> WeightSource:
         CorruptWeightsError: The file is truncated or malformed.
         UnsafeCheckpointError: A pickle would run code; refused unexecuted.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise WeightsNotFoundError(path, "no such file or folder")
-    source = _open_folder(path) if path.is_dir() else _open_file(path)
+    path = (path if isinstance(path, Path) else Path(path)).expanduser()
+    try:
+        is_dir = stat.S_ISDIR(path.stat().st_mode)  # one stat, on the path of every model read
+    except (FileNotFoundError, NotADirectoryError):
+        raise WeightsNotFoundError(path, "no such file or folder") from None
+    source = _open_folder(path) if is_dir else _open_file(path)
     if lora is False:
         return source
     if lora is None and not find_lora_pairs(source.names()):

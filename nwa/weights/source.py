@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from nwa.errors import LayerNotFoundError
+from nwa.errors import LayerNotFoundError, ShapeMismatchError
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,27 @@ class WeightSource(ABC):
         if name not in self.infos():
             raise self._missing(name)
         return self._read(name)
+
+    def read_into(self, name: str, out: torch.Tensor) -> torch.Tensor:
+        """Read one tensor into ``out``, which has its shape (values are cast to ``out``'s dtype).
+
+        Formats that can read straight into ``out``'s memory do, with no tensor in between.
+
+        Returns:
+            ``out``.
+        """
+        self._check_out(name, out)
+        return out.copy_(self._read(name))
+
+    def _check_out(self, name: str, out: torch.Tensor) -> TensorInfo:
+        info = self.info(name)
+        if tuple(out.shape) != info.shape:
+            raise ShapeMismatchError(
+                self.path,
+                f"cannot read shape {list(info.shape)} into a tensor of shape {list(out.shape)}",
+                tensor=name,
+            )
+        return info
 
     def metadata(self) -> dict[str, str]:
         """Free-form string metadata stored with the weights (empty when the format has none)."""

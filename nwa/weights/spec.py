@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ class ZooSpec:
 def check_finite(t: torch.Tensor, path: str | Path, name: str) -> None:
     """Raise :class:`NonFiniteWeightsError` naming the file and tensor if ``t`` has NaN or Inf."""
     # A finite sum implies finite values; the elementwise test runs only when it is not.
-    if t.is_floating_point() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
+    if t.is_floating_point() and not math.isfinite(t.sum().item()) and not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise NonFiniteWeightsError(
             path, f"{bad} of {t.numel()} values are NaN or Inf", tensor=name

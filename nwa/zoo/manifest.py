@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,12 +266,15 @@ class Zoo:
         except KeyError:
             raise ZooError(f"{self.root}: no model with id {model_id!r}") from None
 
-    def path_of(self, model: str | pd.Series) -> Path:
+    def path_of(self, model: str | Mapping[str, Any]) -> Path:
         row = self.row(model) if isinstance(model, str) else model
         return self.root / row["path"]
 
-    def open_model(self, model: str | pd.Series) -> WeightSource:
-        """Open one model's weights lazily (nothing is read until a tensor is asked for)."""
+    def open_model(self, model: str | Mapping[str, Any]) -> WeightSource:
+        """Open one model's weights lazily (nothing is read until a tensor is asked for).
+
+        ``model`` is an id or a row: a ``Series`` of :attr:`table`, or any mapping of its columns.
+        """
         row = self.row(model) if isinstance(model, str) else model
         if self._opener is not None:
             return self._opener(self, row)
