@@ -59,9 +59,18 @@ def ledoit_wolf_mahalanobis(fit_z: np.ndarray, test_z: np.ndarray) -> np.ndarray
     v = test_z - mu
     if a == 0.0:
         return (v**2).sum(1) / b
+    gram = b / a * np.eye(n) + xc @ xc.T
+    # barely shrunk, the N x N system is near-singular (the centred points have rank N - 1):
+    # sklearn's pseudo-inverse route handles that case
+    if b / a < 1e-8 * np.trace(gram) / n:
+        return LedoitWolf().fit(fit_z).mahalanobis(test_z)
     xv = xc @ v.T  # [N, M]
-    inner = np.linalg.solve(b / a * np.eye(n) + xc @ xc.T, xv)
-    return ((v**2).sum(1) - (xv * inner).sum(0)) / b
+    try:
+        inner = np.linalg.solve(gram, xv)
+    except np.linalg.LinAlgError:
+        return LedoitWolf().fit(fit_z).mahalanobis(test_z)
+    out = ((v**2).sum(1) - (xv * inner).sum(0)) / b
+    return out if np.isfinite(out).all() else LedoitWolf().fit(fit_z).mahalanobis(test_z)
 
 
 def one_class_auroc(
