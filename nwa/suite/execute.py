@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import shutil
 import time
 import traceback
@@ -31,6 +30,7 @@ from lightning.pytorch.callbacks import Callback
 
 from nwa.atomic import atomic_path, atomic_write_text
 from nwa.suite.plan import RunSpec
+from nwa.zoo.build import _cores as cpu_cores
 
 RESULT, OUTPUTS = "result.json", "outputs.npz"
 
@@ -243,8 +243,7 @@ def run_all(
             if finished:
                 finished(spec, res)
         return results
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // jobs)
+    threads = max(1, cpu_cores() // jobs)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
         jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)

@@ -20,6 +20,7 @@ import pandas as pd
 from nwa.suite import figures
 from nwa.suite.execute import OUTPUTS, load_result, log_dir
 from nwa.suite.plan import CLASSES, CONCEPT, METHODS, PROPERTIES, RunSpec
+from nwa.zoo.build import _cores as cpu_cores
 
 PROPERTY_NAMES = ("test_acc", "gen_gap", "robustness")
 CLASS_METRICS = {
@@ -524,7 +525,7 @@ def write_report(
 
     meta = header | {
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {_cores()} CPU cores, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {cpu_cores()} CPU cores, torch {torch.__version__}",
     }
     lines = [
         "# nwa benchmark report",
@@ -543,9 +544,3 @@ def write_report(
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(out / "report.json", json.dumps(meta, indent=1))
     return path, df
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
