@@ -10,7 +10,8 @@ experts against one joint model; zero-shot, kNN and one-class naming of LoRA con
 ``--quick`` runs everything on the ``small`` zoo (built on first use, about two minutes) with
 fewer epochs: about ten minutes on 2 CPU cores. Without it the suite runs on ``default_vision``
 and ``default_lora``. Runs that finished are skipped when the command is rerun (``--force``
-redoes them), so an interrupted suite resumes; ``--report`` only rewrites the report.
+redoes them), so an interrupted suite resumes; a run finished with another command than the one
+planned now (a layer or recipe changed) is redone. ``--report`` only rewrites the report.
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         TimeRemainingColumn,
     )
 
-    from nwa.suite.execute import load_result, run_all
-    from nwa.suite.plan import METHODS, SUITES, RunSpec, plan
+    from nwa.suite.execute import load_result, needs_run, run_all
+    from nwa.suite.plan import FAMILIES, METHODS, SUITES, RunSpec, layer_for, plan
     from nwa.suite.report import write_report
 
     suite = SUITES["quick" if args.quick else "full"]
@@ -143,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             print(spec.key, " ".join(spec.args))
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    todo = [
-        s
-        for s in runs
-        if args.force or (r := load_result(out / "runs" / s.key)) is None or "error" in r
-    ]
+    todo = [s for s in runs if args.force or needs_run(s, load_result(out / "runs" / s.key))]
     print(
         f"nwa bench ({suite.name}): {len(runs)} runs over seeds {list(suite.seeds)}, "
         f"{len(runs) - len(todo)} already finished; writing to {out}",
@@ -180,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m nwa.bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "zoos": f"vision {vision.name}, LoRA {lora.name}",
         "seeds": ", ".join(map(str, suite.seeds)),
+        "layers of ProbeX, Dense and PCA": "; ".join(
+            f"{fam} `{layer_for(FAMILIES[fam], names)}`" for fam, names in layers.items()
+        ),
         "this call's wall time": f"{(time.perf_counter() - t0) / 60:.1f} min",
     }
     path, df = write_report(out, runs, header)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nwa.suite.execute import OUTPUTS, RESULT, log_dir
+from nwa.suite.execute import OUTPUTS, RESULT, log_dir, needs_run
 from nwa.suite.plan import FAMILIES, METHODS, SUITES, plan
-from nwa.suite.report import mean_std, write_report
+from nwa.suite.report import load_results, mean_std, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TREES = ["vision-resnet_micro-0", "vision-resnet_micro-1", "vision-vit_micro-0"]
@@ -46,9 +46,9 @@ def test_plan_covers_every_method_seed_and_section_once():
             "ProbeX",
             "Dense",
         }
-    # the ViT runs read the first candidate layer the zoo has (vit_micro has one block)
+    # the ViT runs read the family's first candidate that matches a layer of the zoo
     vit = next(r for r in runs if r.subset == "vision-vit_micro-0" and r.method == "ProbeX")
-    assert vit.args[vit.args.index("--data.init_args.layers") + 1] == "blocks.0.mlp.fc1.weight"
+    assert vit.args[vit.args.index("--data.init_args.layers") + 1] == FAMILIES["vit"].layers[0]
     # the seed comes after every --config, which would otherwise reset it to the recipe's
     args = list(vit.args)
     last_config = max(i for i, a in enumerate(args) if a == "--config")
@@ -131,6 +131,27 @@ def test_report_tables_are_mean_and_std_of_the_runs(tmp_path):
     assert (df["status"] == "done").sum() == sum(
         1 for r in runs if r.task != "concept" and r.method != "NWPA"
     )
+
+
+def test_a_run_finished_with_another_command_is_redone_and_not_reported(tmp_path):
+    runs = plan(SUITES["quick"], "Z", "L", TREES, LAYERS)
+    spec = next(r for r in runs if r.method == "ProbeX" and r.subset == "vision-vit_micro-0")
+    assert needs_run(spec, None)
+    assert needs_run(spec, spec.to_dict() | {"error": "RuntimeError: boom"})
+    assert not needs_run(spec, spec.to_dict())
+    # the same recipe from another clone of the project still counts as the same command
+    moved = [a.replace(str(ROOT), "/elsewhere/nwa") for a in spec.args]
+    assert moved != list(spec.args) and not needs_run(spec, spec.to_dict() | {"args": moved})
+    i = spec.args.index("--data.init_args.layers") + 1
+    changed = [*spec.args[:i], "blocks.0.mlp.fc1.weight", *spec.args[i + 1 :]]
+    stale = spec.to_dict() | {"args": changed}
+    assert needs_run(spec, stale)
+    _fake_run(tmp_path, spec, {"test/acc": 0.9})
+    (tmp_path / "runs" / spec.key / RESULT).write_text(
+        json.dumps(stale | {"metrics": {"test/acc": 0.9}})
+    )
+    row = load_results(tmp_path, [spec]).iloc[0]
+    assert row["status"] == "outdated" and "acc" not in row
 
 
 def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:

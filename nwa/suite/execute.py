@@ -5,7 +5,8 @@ Each run gets a folder ``<out>/runs/<key>/`` with the CSV log in ``<key>/version
 back by :mod:`nwa.runs`, so ``python -m nwa.compare`` works on it) and, once it finished,
 ``result.json`` (test metrics, parameter counts, timings) and ``outputs.npz`` (predictions,
 targets and representations of every model, with its split and tree). ``result.json`` is
-written last and atomically: a folder without it is an unfinished run and is redone.
+written last and atomically: a folder without it is an unfinished run and is redone, and so is
+a run whose recorded command differs from the planned one (a recipe or layer changed since).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import math
 import multiprocessing
+import re
 import shutil
 import time
 import traceback
@@ -58,6 +60,19 @@ def load_result(folder: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
+
+
+def _portable(args: Sequence[str]) -> list[str]:
+    # recipes by their path under configs/, so a result made in another clone still matches
+    return [re.sub(r"^.*/configs/(?=[^/].*\.ya?ml$)", "configs/", a) for a in args]
+
+
+def needs_run(spec: RunSpec, result: dict[str, Any] | None) -> bool:
+    """Whether ``spec`` must (re)run given its folder's ``result.json`` (``None``: none yet):
+    not finished, failed, or finished with another command than the one planned now."""
+    if result is None or "error" in result:
+        return True
+    return _portable(result.get("args", ())) != _portable(spec.args)
 
 
 def _number(v: Any) -> float | None:

@@ -27,8 +27,8 @@ class Method:
     Args:
         name: Display name in the report.
         config: Recipe file under ``configs/``.
-        single_layer: The recipe reads one layer, taken from the family (ProbeX, Dense, PCA);
-            otherwise the recipe keeps its own layer selection.
+        single_layer: The recipe reads the family's layer choice (one layer, or one glob of
+            several; ProbeX, Dense, PCA); otherwise the recipe keeps its own layer selection.
         fitted_once: A non-gradient method whose recipe fixes its single epoch (boosted trees).
         extra: Further overrides for every run of the method.
     """
@@ -46,7 +46,8 @@ class Family:
 
     Args:
         arch: Architecture glob (``resnet_*``).
-        layers: Candidate single layers, best first; the first present in the zoo is used.
+        layers: Candidate layers (names or globs), best first; the first that matches a layer of
+            the zoo is used.
         stats_layers: Layers of the statistics methods when the recipe's (ResNet names) do not
             apply; ``None`` keeps the recipe's.
     """
@@ -80,9 +81,12 @@ ALIGNERS: dict[str, tuple[str, ...]] = {
 
 FAMILIES: dict[str, Family] = {
     "resnet": Family("resnet_*", ("layer4.0.conv2.weight",)),
+    # ViT matrices are 64-128 wide: one alone holds too little for 70 training models per tree
+    # (in `nwa.sweep` the best single layers of the two trees differ and sit within a test model
+    # of each other); the MLP matrices of every block, one ProbeX each, concatenated.
     "vit": Family(
         "vit_*",
-        ("blocks.1.mlp.fc1.weight", "blocks.0.mlp.fc1.weight"),
+        ("blocks.*.mlp.fc*.weight",),
         stats_layers=("*.weight", "*.bias"),
     ),
 }
@@ -159,7 +163,7 @@ class RunSpec:
         return asdict(self) | {"key": self.key}
 
 
-def _layer_for(family: Family, layers: Sequence[str]) -> str:
+def layer_for(family: Family, layers: Sequence[str]) -> str:
     for candidate in family.layers:
         if any(fnmatch.fnmatchcase(name, candidate) for name in layers):
             return candidate
@@ -174,7 +178,7 @@ def _method_args(
 ) -> list[str]:
     args = ["--config", str(CONFIGS / method.config), "--data.init_args.arch", family.arch]
     if method.single_layer:
-        args += ["--data.init_args.layers", _layer_for(family, layers)]
+        args += ["--data.init_args.layers", layer_for(family, layers)]
     elif method.name.startswith("StatNN") and family.stats_layers:
         args += ["--data.init_args.layers", json.dumps(list(family.stats_layers))]
     epochs = suite.max_epochs(epochs_key)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from nwa.suite import figures
-from nwa.suite.execute import OUTPUTS, load_result, log_dir
+from nwa.suite.execute import OUTPUTS, load_result, log_dir, needs_run
 from nwa.suite.plan import CLASSES, CONCEPT, METHODS, PROPERTIES, RunSpec
 from nwa.zoo.build import _cores as cpu_cores
 
@@ -38,7 +38,9 @@ def load_results(out: Path, runs: Sequence[RunSpec]) -> pd.DataFrame:
     for spec in runs:
         res = load_result(out / "runs" / spec.key)
         row: dict[str, Any] = spec.to_dict() | {"status": "missing"}
-        if res is not None:
+        if res is not None and "error" not in res and needs_run(spec, res):
+            row["status"] = "outdated"  # finished with another command than the planned one
+        elif res is not None:
             row["status"] = "failed" if "error" in res else "done"
             row |= {k: v for k, v in res.items() if k not in ("metrics", "alignment", "args")}
             row |= {k.removeprefix("test/"): v for k, v in (res.get("metrics") or {}).items()}
