@@ -35,8 +35,15 @@ def test_plan_covers_every_method_seed_and_section_once():
                 if r.seed == seed and r.task == task and r.subset == "resnet trees"
             }
             assert set(METHODS) <= got
-        per_tree = {(r.subset, r.method) for r in runs if r.seed == seed and r.subset in TREES}
-        assert per_tree == {(t, m) for t in TREES for m in ("ProbeX", "Dense", "StatNN-GBT")}
+        per_tree = [
+            (r.task, r.subset, r.method) for r in runs if r.seed == seed and r.subset in TREES
+        ]
+        assert sorted(per_tree) == sorted(
+            (task, t, m)
+            for task in ("classes", "properties")
+            for t in TREES
+            for m in ("ProbeX", "Dense", "StatNN-GBT")
+        )
         assert any(r.subset == "forest" and r.seed == seed for r in runs)
         assert {r.method for r in runs if r.subset == "vit trees" and r.seed == seed} == {
             "ProbeX",
@@ -102,7 +109,12 @@ def test_report_tables_are_mean_and_std_of_the_runs(tmp_path):
             if spec.method == "ProbeX experts":
                 m |= {"test/router_purity": 1.0, "router/n_trees": 2.0}
         elif spec.task == "properties":
-            m = {"test/r2": 0.1 * spec.seed, "test/mae_test_acc": 0.01 * (spec.seed + 1)}
+            m = {
+                "test/r2": 0.1 * spec.seed,
+                "test/mae_test_acc": 0.01 * (spec.seed + 1),
+                "test/r2_test_acc": 0.2 * spec.seed,
+                "test/kendall_test_acc": 0.5,
+            }
         else:
             continue  # aligner runs missing: their tables must say so, not invent numbers
         _fake_run(tmp_path, spec, m, error="RuntimeError: boom" if spec.method == "NWPA" else None)
@@ -111,6 +123,8 @@ def test_report_tables_are_mean_and_std_of_the_runs(tmp_path):
     probex_row = next(line for line in text.splitlines() if line.startswith("| ProbeX |"))
     assert "0.800 ± 0.100" in probex_row  # mean and std of 0.8, 0.9, 0.7
     assert "| vision-resnet_micro-0 | 0.800 ± 0.100 |" in text
+    # per-tree regression: R² of test accuracy 0.0, 0.2, 0.4 over seeds, tau 0.5 in each
+    assert "| vision-vit_micro-0 | 0.200 ± 0.200 / 0.500 ± 0.000 |" in text
     assert "0.100 ± 0.100" in text  # R² of WeightNet etc.: 0.0, 0.1, 0.2
     assert "0.0200 ± 0.0100" in text  # MAE of test_acc in the WeightNet table
     nwpa = next(line for line in text.splitlines() if line.startswith("| NWPA |"))
@@ -197,8 +211,8 @@ def test_bench_runs_reports_and_skips_finished_runs(tiny_tree_zoo, tmp_path):
     planned = int(re.search(r"\((quick)\): (\d+) runs", first.stdout).group(2))
     finished = sorted(p.parent.name for p in out.glob("runs/*/result.json"))
     assert (
-        len(finished) == planned == 2 * (6 + 4 * 2 + 1 + 3 + 2)
-    )  # per seed: NWA, trees, forest, experts, aligners
+        len(finished) == planned == 2 * (6 + 4 * 2 * 2 + 1 + 3 + 2)
+    )  # per seed: NWA, trees x 2 tasks, forest, experts, aligners
     ok = [json.loads((out / "runs" / k / RESULT).read_text()) for k in finished]
     assert [r.get("error") for r in ok if "error" in r] == []
     # numbers in the report are those of the runs made in this call

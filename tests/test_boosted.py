@@ -130,6 +130,13 @@ def test_predictions_in_the_task_output_space():
     model = StatNNBoosted(**params).fit(x, targets, "regression")
     trees = FittedTrees.from_dict(FittedTrees.from_statnn(model).to_dict())
     np.testing.assert_allclose(trees.outputs(x, 2), model.predict(x), rtol=1e-6)
+    # a constant target (or a single training model, which LightGBM refuses) predicts itself
+    model = StatNNBoosted(**params).fit(x[:1], targets[:1], "regression")
+    trees = FittedTrees.from_dict(FittedTrees.from_statnn(model).to_dict())
+    np.testing.assert_allclose(trees.outputs(x, 2), np.broadcast_to(targets[:1], (60, 2)))
+    np.testing.assert_allclose(model.predict(x), trees.outputs(x, 2))
+    model = StatNNBoosted(**params).fit(x, np.stack([x[:, 0], np.full(60, 0.3)], 1), "regression")
+    assert np.all(model.predict(x)[:, 1] == 0.3) and np.ptp(model.predict(x)[:, 0]) > 1
 
 
 def test_boosted_trees_need_feature_inputs(tmp_path, zoo, capsys):

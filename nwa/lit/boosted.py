@@ -26,7 +26,7 @@ class FittedTrees:
     Args:
         task: ``multilabel``, ``multiclass`` or ``regression``.
         entries: One per booster: ``{"booster": model string, "classes": [...] or None}``, or
-            ``{"constant": value}`` for a label constant in training.
+            ``{"constant": value}`` for a target or label constant in training (one model).
     """
 
     def __init__(self, task: str, entries: list[dict[str, Any]]) -> None:
@@ -74,7 +74,13 @@ class FittedTrees:
             - returns: [N, n]
         """
         if self.task == "regression":
-            return np.stack([b.predict(x) for b in self._boosters], axis=1)
+            return np.stack(
+                [
+                    np.full(len(x), e["constant"]) if b is None else b.predict(x)
+                    for e, b in zip(self.entries, self._boosters, strict=True)
+                ],
+                axis=1,
+            )
         if self.task == "multiclass":
             probs = np.zeros((len(x), n))
             seen = self._probabilities(0, x)

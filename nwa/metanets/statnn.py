@@ -128,10 +128,12 @@ class StatNNBoosted:
         cols = y.reshape(y.shape[0], -1)
         for c in range(cols.shape[1]):
             col = cols[:, c]
-            if task == "regression":
-                self.models.append(lgb.LGBMRegressor(**self.params).fit(x, col.astype(np.float64)))
-            elif np.unique(col).size < 2:
+            if np.unique(col).size < 2:
+                # nothing to split on: LightGBM refuses a single row, and a constant target
+                # (or label) is its own prediction
                 self.models.append(float(col[0]))
+            elif task == "regression":
+                self.models.append(lgb.LGBMRegressor(**self.params).fit(x, col.astype(np.float64)))
             else:
                 self.models.append(lgb.LGBMClassifier(**self.params).fit(x, col.astype(np.int64)))
         return self
@@ -160,5 +162,8 @@ class StatNNBoosted:
             return self.models[0].predict(x)
         if self.task == "multilabel":
             return (self.predict_proba(x) >= 0.5).astype(np.int64)
-        out = np.stack([m.predict(x) for m in self.models], axis=1)
+        out = np.stack(
+            [np.full(len(x), m) if isinstance(m, float) else m.predict(x) for m in self.models],
+            axis=1,
+        )
         return out[:, 0] if self._squeeze else out

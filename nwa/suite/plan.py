@@ -104,7 +104,7 @@ class Suite:
         epochs: ``max_epochs`` per method name (``default`` for the others); ``None`` keeps the
             recipe's.
         nwa_methods: Methods of the Neural Weight Archeology and WeightNet sections.
-        tree_methods: Methods compared per tree in the ProbeX section.
+        tree_methods: Methods compared per tree (training classes and properties).
     """
 
     name: str
@@ -234,9 +234,10 @@ def plan(
         for tree in trees:
             fam = family_of(tree)
             subset = ["--data.init_args.zoo", vision_zoo, "--data.init_args.trees", f"[{tree}]"]
-            for name in suite.tree_methods:
-                args = _method_args(suite, METHODS[name], FAMILIES[fam], layers[fam], name)
-                add(CLASSES, name, tree, seed, [*args, *_task_args(CLASSES), *subset])
+            for task in (CLASSES, PROPERTIES):
+                for name in suite.tree_methods:
+                    args = _method_args(suite, METHODS[name], FAMILIES[fam], layers[fam], name)
+                    add(task, name, tree, seed, [*args, *_task_args(task), *subset])
         forest = ["--data.init_args.zoo", vision_zoo, "--data.init_args.trees", '["forest-*"]']
         probex = METHODS["ProbeX"]
         args = _method_args(suite, probex, resnet, layers["resnet"], "ProbeX")

@@ -355,6 +355,30 @@ def probex_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
             ],
             out,
         )
+    props = _select(df, task=PROPERTIES)
+    reg_methods = _methods(df[df["subset"].isin(trees)], task=PROPERTIES)
+    if trees and reg_methods:
+        rows = [
+            [
+                t,
+                *(
+                    f"{_cell(props, 'r2_test_acc', method=m, subset=t)} / "
+                    f"{_cell(props, 'kendall_test_acc', method=m, subset=t)}"
+                    for m in reg_methods
+                ),
+            ]
+            for t in trees
+        ]
+        lines += [
+            "### Test-accuracy regression per tree (test R² / Kendall's tau; one model per tree)",
+            "",
+            "Each tree's members alone, about 70 for training; gen_gap and robustness are in "
+            "`results.csv`. `python benchmarks/property_ceiling.py --zoo ZOO --trees TREE` gives "
+            "what any predictor can reach on a tree (label-noise ceiling, recipe oracle).",
+            "",
+            _table(["tree", *reg_methods], rows),
+            "",
+        ]
     within = [v for t in trees for v in _select(cls, method="ProbeX", subset=t)["acc"].tolist()]
     forest = _select(cls, method="ProbeX", subset="forest")["acc"].tolist()
     if within or forest:
