@@ -8,7 +8,7 @@ flat-weights MLP (per-property errors, scatter, histograms, bars, radar, loss cu
 experts against one joint model; zero-shot, kNN and one-class naming of LoRA concepts).
 
 ``--quick`` runs everything on the ``small`` zoo (built on first use, about two minutes) with
-fewer epochs: about ten minutes on 2 CPU cores. Without it the suite runs on ``default_vision``
+fewer epochs: 5 to 10 minutes on 2 CPU cores. Without it the suite runs on ``default_vision``
 and ``default_lora``. Runs that finished are skipped when the command is rerun (``--force``
 redoes them), so an interrupted suite resumes; a run finished with another command than the one
 planned now (a layer or recipe changed) is redone. ``--report`` only rewrites the report.
@@ -180,12 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         "layers of ProbeX, Dense and PCA": "; ".join(
             f"{fam} `{layer_for(FAMILIES[fam], names)}`" for fam, names in layers.items()
         ),
-        "this call's wall time": f"{(time.perf_counter() - t0) / 60:.1f} min",
     }
+    if not args.report:  # a report-only call times nothing worth stating
+        header["this call's wall time"] = f"{(time.perf_counter() - t0) / 60:.1f} min"
     path, df = write_report(out, runs, header)
-    failed = int((df["status"] != "done").sum())
-    print(f"report: {path} ({len(df) - failed} runs finished, {failed} failed or missing)")
-    return 1 if failed else 0
+    others = df["status"][df["status"] != "done"].value_counts()
+    rest = ", ".join(f"{n} {status}" for status, n in others.items()) or "none failed or missing"
+    print(f"report: {path} ({len(df) - int(others.sum())} runs finished; {rest})")
+    return 1 if len(others) else 0
 
 
 if __name__ == "__main__":

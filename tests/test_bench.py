@@ -166,6 +166,10 @@ def test_a_run_finished_with_another_command_is_redone_and_not_reported(tmp_path
     )
     row = load_results(tmp_path, [spec]).iloc[0]
     assert row["status"] == "outdated" and "acc" not in row
+    # a report with no usable run at all (every run outdated or missing) still gets written
+    path, df = write_report(tmp_path, runs, {"suite": "quick"})
+    assert set(df["status"]) == {"outdated", "missing"}
+    assert "| vision-vit_micro-0 | - |" in path.read_text()
 
 
 def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:

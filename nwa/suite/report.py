@@ -91,6 +91,12 @@ def _select(df: pd.DataFrame, **where: Any) -> pd.DataFrame:
     return sel
 
 
+def _values(df: pd.DataFrame, column: str, **where: Any) -> list[Any]:
+    """``column`` of the finished runs matching ``where`` (none when no run logged it)."""
+    sel = _select(df, **where)
+    return sel[column].tolist() if column in sel else []
+
+
 def _params(df: pd.DataFrame, **where: Any) -> str:
     sel = _select(df, **where)
     if sel.empty:
@@ -337,9 +343,7 @@ def probex_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
             _table(["tree", *methods], rows),
             "",
         ]
-        bars = {
-            m: [_select(cls, method=m, subset=t)["acc"].tolist() for t in trees] for m in methods
-        }
+        bars = {m: [_values(cls, "acc", method=m, subset=t) for t in trees] for m in methods}
         lines += _figure_lines(
             [
                 figures.metric_bars(
@@ -369,18 +373,21 @@ def probex_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
             ]
             for t in trees
         ]
+        per_tree = props[props["subset"].isin(trees)]
+        n_train = per_tree["n_train"].median() if "n_train" in per_tree else float("nan")
+        size = f"{n_train:.0f} training models per tree" if n_train == n_train else "its members"
         lines += [
             "### Test-accuracy regression per tree (test R² / Kendall's tau; one model per tree)",
             "",
-            "Each tree's members alone, about 70 for training; gen_gap and robustness are in "
+            f"Each tree alone ({size}); gen_gap and robustness are in "
             "`results.csv`. `python benchmarks/property_ceiling.py --zoo ZOO --trees TREE` gives "
             "what any predictor can reach on a tree (label-noise ceiling, recipe oracle).",
             "",
             _table(["tree", *reg_methods], rows),
             "",
         ]
-    within = [v for t in trees for v in _select(cls, method="ProbeX", subset=t)["acc"].tolist()]
-    forest = _select(cls, method="ProbeX", subset="forest")["acc"].tolist()
+    within = [v for t in trees for v in _values(cls, "acc", method="ProbeX", subset=t)]
+    forest = _values(cls, "acc", method="ProbeX", subset="forest")
     if within or forest:
         lines += [
             "### The tree effect: within a pretrained tree against across the random-init forest",
