@@ -40,8 +40,8 @@ class NWPA(nn.Module):
 
     GATv2 attends over neighbours with the edge features in the attention logits (the messages
     are the neighbours' projected states, so a weight acts through how much attention its source
-    neuron gets); every weight edge is used in both directions, with a direction flag appended to its kernel
-    vector (``edge_dim + 1`` features). ``pool`` is the mean, the sum, or attentional
+    neuron gets); every weight edge is used in both directions, with a direction flag appended to
+    its kernel vector (``edge_dim + 1`` features). ``pool`` is the mean, the sum, or attentional
     aggregation (softmax gate over nodes).
 
     Computation: a neural graph is a stack of complete bipartite blocks, so when the input is a
