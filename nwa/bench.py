@@ -103,15 +103,7 @@ def _headline(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    from nwa.progress import count_bar
     from nwa.suite.execute import load_result, needs_run, run_all
     from nwa.suite.plan import FAMILIES, METHODS, SUITES, RunSpec, layer_for, plan
     from nwa.suite.report import write_report
@@ -151,14 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if todo and not args.report:
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns) as bar:
+        with count_bar() as bar:
             task = bar.add_task("runs", total=len(todo))
             active: list[str] = []
 

@@ -37,24 +37,9 @@ class Reporter:
 
     def __enter__(self) -> Reporter:
         if self.show:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from nwa.progress import count_bar
 
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
+            self._progress = count_bar("[bold]{task.description}")
             self._progress.__enter__()
             self._task = self._progress.add_task(self.title, total=self.total)
         return self
