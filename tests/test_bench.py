@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +259,54 @@ def test_bench_runs_reports_and_skips_finished_runs(tiny_tree_zoo, tmp_path):
     assert cmp.returncode == 0, cmp.stderr[-2000:]
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "test/acc" in table and probex[0]["key"] in table and probex[1]["key"] in table
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_bench_workers_stop_when_the_bench_is_killed(tmp_path):
+    parent = tmp_path / "parent.py"
+    parent.write_text(
+        textwrap.dedent(
+            """
+            import multiprocessing, os, time
+            from concurrent.futures import ProcessPoolExecutor
+            from nwa.suite.execute import _worker_init
+
+            def pid_after(seconds):
+                time.sleep(seconds)
+                return os.getpid()
+
+            if __name__ == "__main__":
+                ctx = multiprocessing.get_context("spawn")
+                pool = ProcessPoolExecutor(2, mp_context=ctx, initializer=_worker_init, initargs=(1,))
+                pids = {f.result() for f in [pool.submit(pid_after, 2) for _ in range(2)]}
+                print(" ".join(map(str, sorted(pids))), flush=True)
+                time.sleep(600)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(parent)], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    pids: list[int] = []
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        proc.terminate()  # SIGTERM to the parent alone, as `kill PID` sends it
+        proc.wait(timeout=30)
+        end = time.monotonic() + 30
+        while any(_alive(p) for p in pids) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in pids), "workers outlived the bench"
+    finally:
+        proc.kill()
+        for pid in filter(_alive, pids):  # a failed run must not leave them behind either
+            os.kill(pid, signal.SIGKILL)

@@ -16,8 +16,11 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import re
 import shutil
+import signal
+import sys
 import time
 import traceback
 import warnings
@@ -224,7 +227,27 @@ def quiet() -> None:
     warnings.filterwarnings("ignore")
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies.
+
+    A bench stopped by SIGTERM (``kill PID``, a scheduler that signals the main process only)
+    would otherwise leave its workers training, and holding memory, with no one to collect their
+    results.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_init(threads: int) -> None:
+    _die_with_parent()
     torch.set_num_threads(threads)
     quiet()
 
