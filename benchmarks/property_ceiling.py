@@ -35,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PROPERTIES = ("test_acc", "gen_gap", "robustness")
 
 
-def eval_images(zoo: dict, tree: str) -> tuple[int, list[int]]:
-    """The recipe's images per accuracy estimate and training-set sizes, for ``tree``."""
-    for recipe in zoo["build"]["config"]["recipes"]:
+def eval_images(zoo: dict, tree: str) -> int:
+    """The images per accuracy estimate of the recipe that made ``tree``."""
+    for recipe in zoo.get("build", {}).get("config", {}).get("recipes", []):
         a = recipe.get("init_args", {})
         if tree.startswith(f"{a.get('name')}-"):
-            return int(a.get("eval_images", 500)), list(a.get("train_images", []))
-    raise ValueError(f"no recipe of zoo {zoo['name']!r} made tree {tree!r}")
+            return int(a.get("eval_images", 500))
+    raise ValueError(f"zoo {zoo.get('name')!r} records no nwa recipe that made tree {tree!r}")
 
 
 def noise_variance(df: pd.DataFrame, prop: str, n_eval: int) -> np.ndarray:
@@ -79,16 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trees", default="vision-resnet*", help="tree glob (default: ResNet trees)")
     args = p.parse_args(argv)
 
-    from nwa.bench import _zoo_path
+    from nwa.zoo.cache import zoo_path
 
-    root = _zoo_path(args.zoo)
+    root = zoo_path(args.zoo)
     zoo = json.loads((root / "zoo.json").read_text())
     df = pd.read_parquet(root / "models.parquet")
     df = df[df["tree"].map(lambda t: fnmatch.fnmatchcase(t, args.trees))].reset_index(drop=True)
     if df.empty:
         print(f"no trees of {root} match {args.trees!r}", file=sys.stderr)
         return 2
-    n_eval = {eval_images(zoo, t)[0] for t in df["tree"].unique()}
+    n_eval = {eval_images(zoo, t) for t in df["tree"].unique()}
     if len(n_eval) != 1:
         print(f"trees {args.trees!r} mix recipes with eval_images {n_eval}", file=sys.stderr)
         return 2

@@ -57,13 +57,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _zoo_path(name: str) -> Path:
-    from nwa.zoo.cache import ensure_zoo
-
-    path = Path(name).expanduser()
-    return path if path.is_dir() else ensure_zoo(name, progress=True)
-
-
 def _zoo_layout(path: Path) -> tuple[list[str], dict[str, list[str]]]:
     """The zoo's pretrained trees and, per architecture family, one member's tensor names."""
     from nwa.suite.plan import FAMILIES
@@ -107,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from nwa.suite.execute import load_result, needs_run, run_all
     from nwa.suite.plan import FAMILIES, METHODS, SUITES, RunSpec, layer_for, plan
     from nwa.suite.report import write_report
+    from nwa.zoo.cache import zoo_path
 
     suite = SUITES["quick" if args.quick else "full"]
     if args.seeds:
@@ -124,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("runs") / f"bench-{suite.name}"
     t0 = time.perf_counter()
     try:
-        vision = _zoo_path(args.vision_zoo or suite.vision_zoo)
-        lora = _zoo_path(args.lora_zoo or suite.lora_zoo)
+        vision = zoo_path(args.vision_zoo or suite.vision_zoo)
+        lora = zoo_path(args.lora_zoo or suite.lora_zoo)
         trees, layers = _zoo_layout(vision)
         runs = plan(suite, str(vision), str(lora), trees, layers)
     except (NwaError, ValueError) as e:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -444,16 +443,9 @@ class ModelZooDataModule(L.LightningDataModule):
 
 
 def _open_zoo(zoo: str, adapter: str | None) -> Zoo:
-    path = Path(zoo).expanduser()
-    is_config = zoo.endswith((".yaml", ".yml"))
-    if is_config or (not path.exists() and "/" not in zoo):
-        from nwa.zoo.cache import ensure_zoo
+    from nwa.zoo.cache import zoo_path
 
-        path = ensure_zoo(zoo, progress=True)
-    if not path.exists():
-        raise ConfigError(
-            f"{path}: no such zoo (give a zoo directory, a public-zoo folder with its adapter, or tiny/default_vision/default_lora)"
-        )
+    path = zoo_path(zoo)
     if adapter is None and (path / "zoo.json").is_file():
         return Zoo.open(path)
     from nwa.weights.adapters import open_zoo

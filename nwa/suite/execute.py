@@ -111,25 +111,20 @@ def collect_outputs(model: Any, dm: Any) -> dict[str, np.ndarray]:
     splits = [s for part in ("train", "val", "test") for s in dm.splits[part]]
     loader = dm.loader(splits)
     rows = loader.dataset.rows
-    preds, targets, zs = [], [], []
+    preds, targets = [], []
+    zs: list[torch.Tensor] | None = []  # None once a batch has no representation
     was_training = model.training
     model.eval()
-    encoder = getattr(model, "encoder", None)
     for batch in loader:
         x = model.transfer_batch_to_device(batch["x"], model.device, 0)
-        out = model(x)
-        preds.append(model.task.predict(out).float().cpu())
+        preds.append(model.task.predict(model(x)).float().cpu())
         targets.append(batch["y"].float().cpu())
-        if isinstance(encoder, torch.nn.Module) and hasattr(model, "task"):
-            try:
-                zs.append(encoder(x).float().cpu())
-            except (TypeError, RuntimeError):
+        if zs is not None:
+            z = _representation(model, x)
+            if z is None:
                 zs = None
-                encoder = None
-        elif isinstance(x, torch.Tensor) and x.dim() == 2 and zs is not None:
-            zs.append(x.float().cpu())
-        else:
-            zs = None
+            else:
+                zs.append(z.float().cpu())
     model.train(was_training)
     out = {
         "pred": torch.cat(preds).numpy(),
@@ -140,6 +135,18 @@ def collect_outputs(model: Any, dm: Any) -> dict[str, np.ndarray]:
     if zs:
         out["z"] = torch.cat(zs).numpy()
     return out
+
+
+def _representation(model: Any, x: Any) -> torch.Tensor | None:
+    """The module's embedding of batch ``x``: its encoder's output, or for a module without one
+    (the boosted trees) its feature input; ``None`` when neither applies."""
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, torch.nn.Module):
+        try:
+            return encoder(x)
+        except (TypeError, RuntimeError):  # e.g. the tree experts: one encoder per tree
+            return None
+    return x if isinstance(x, torch.Tensor) and x.dim() == 2 else None
 
 
 def _split_names(splits: Any, groups: dict[str, list[str]]) -> list[str]:

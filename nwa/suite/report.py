@@ -274,10 +274,7 @@ def weightnet_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
     }
     per_seed = {
         m: {
-            metric: [
-                _select(reg, method=m)[f"{metric}_{p}"].tolist() if f"{metric}_{p}" in reg else []
-                for p in PROPERTY_NAMES
-            ]
+            metric: [_values(reg, f"{metric}_{p}", method=m) for p in PROPERTY_NAMES]
             for metric in ("mae", "r2")
         }
         for m in methods
@@ -374,8 +371,8 @@ def probex_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
             for t in trees
         ]
         per_tree = props[props["subset"].isin(trees)]
-        n_train = per_tree["n_train"].median() if "n_train" in per_tree else float("nan")
-        size = f"{n_train:.0f} training models per tree" if n_train == n_train else "its members"
+        n_train = pd.Series(_values(per_tree, "n_train"), dtype=float).median()
+        size = f"{n_train:.0f} training models per tree" if pd.notna(n_train) else "its members"
         lines += [
             "### Test-accuracy regression per tree (test R² / Kendall's tau; one model per tree)",
             "",

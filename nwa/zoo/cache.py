@@ -1,6 +1,7 @@
 """Zoos built on first use and cached under ``$NWA_HOME/zoos``.
 
 >>> path = ensure_zoo("default_vision")   # builds once (about 15 min on 2 cores), then reuses
+>>> path = zoo_path("tiny")                # a zoo argument as users give it: name, YAML or folder
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from nwa.errors import ConfigError
 from nwa.zoo.build import _cores, build, file_lock, zoo_dir
 from nwa.zoo.manifest import try_open
 from nwa.zoo.plan import load_config
@@ -58,3 +60,22 @@ def _ready(out: Path, digest: str) -> bool:
         and zoo.meta.build.get("config_hash") == digest
         and len(zoo) == zoo.meta.build.get("n_models")
     )
+
+
+def zoo_path(zoo: str | Path, progress: bool = True) -> Path:
+    """The folder of a zoo argument as users give it: a config (a name in ``configs/zoo`` or a
+    YAML file), whose zoo is built on first use, or a folder (a built zoo or a public layout).
+
+    Raises:
+        ConfigError: A folder that does not exist, or a bad config.
+    """
+    text = str(zoo)
+    path = Path(text).expanduser()
+    if text.endswith((".yaml", ".yml")) or (not path.exists() and "/" not in text):
+        return ensure_zoo(text, progress=progress)
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: no such zoo (give a zoo directory, a public-zoo folder with its adapter, "
+            "or tiny/default_vision/default_lora)"
+        )
+    return path
