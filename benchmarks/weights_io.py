@@ -138,16 +138,11 @@ def bench_epoch(root: Path, repeats: int = 5) -> dict[str, float]:
         for _ in dm.train_dataloader():
             pass
 
-    def clock(fn) -> float:
-        t = time.perf_counter()
-        fn()
-        return time.perf_counter() - t
-
     bare()
     module()
     # The loops alternate, round after round, so other work on the machine slows both alike;
     # each figure is the median over the rounds.
-    rounds = [(clock(bare), clock(lazy), clock(module)) for _ in range(repeats)]
+    rounds = [(timed(bare, 1), timed(lazy, 1), timed(module, 1)) for _ in range(repeats)]
     t_bare, t_lazy, t_dm = (statistics.median(r[k] for r in rounds) for k in range(3))
     n = len(paths)
     return {

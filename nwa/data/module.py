@@ -93,7 +93,7 @@ class WeightDataset(Dataset):
         for j, (i, slot) in enumerate(zip(indices, slots)):
             cached = self._cache.get(i)
             if cached is None:
-                read_layers_into(dm.zoo, self._records[i], slot, check=False)
+                read_layers_into(dm.zoo, self._records[i], slot)
                 read.append(j)
             else:
                 for n, t in slot.items():
@@ -107,17 +107,28 @@ class WeightDataset(Dataset):
                 self._cache[indices[j]] = {n: t.clone() for n, t in slots[j].items()}
         dm.normalizer.apply_(layers)
         y = self.targets[indices]
-        batch = {"x": x, "y": y, "index": torch.tensor(indices)}
-        items = [{"x": layout.item(x, j), "y": y[j], "index": i} for j, i in enumerate(indices)]
-        return CollatedItems(items, batch)
+        return CollatedItems(layout, {"x": x, "y": y, "index": torch.tensor(indices)})
 
 
-class CollatedItems(list):
-    """Items of a batch that was built whole; ``batch`` is what collating them gives."""
+class CollatedItems(Sequence):
+    """Items of a batch that was built whole; ``batch`` is what collating them gives.
 
-    def __init__(self, items: list[dict[str, Any]], batch: dict[str, Any]) -> None:
-        super().__init__(items)
-        self.batch = batch
+    The module's collate takes ``batch`` as is, so the items (views of it) are made only when
+    another collate asks for them.
+    """
+
+    def __init__(self, layout: BatchLayout, batch: dict[str, Any]) -> None:
+        self.layout, self.batch = layout, batch
+
+    def __len__(self) -> int:
+        return len(self.batch["index"])
+
+    def __getitem__(self, j: Any) -> Any:
+        if isinstance(j, slice):
+            return [self[k] for k in range(len(self))[j]]
+        j = range(len(self))[j]
+        b = self.batch
+        return {"x": self.layout.item(b["x"], j), "y": b["y"][j], "index": int(b["index"][j])}
 
 
 class ModelZooDataModule(L.LightningDataModule):

@@ -79,16 +79,12 @@ def read_layers(
     return out
 
 
-def read_layers_into(
-    zoo: Zoo, row: Mapping[str, Any], out: Mapping[str, torch.Tensor], check: bool = True
-) -> None:
+def read_layers_into(zoo: Zoo, row: Mapping[str, Any], out: Mapping[str, torch.Tensor]) -> None:
     """Read the tensors ``out`` names from one model into ``out``'s tensors (same shapes; values
-    cast to their dtype); raise on NaN/Inf when ``check``."""
+    cast to their dtype). Unchecked: the caller checks a whole batch for NaN/Inf at once."""
     with zoo.open_model(row) as src:
         for n, t in out.items():
             src.read_into(n, t)
-            if check:
-                check_finite(t, zoo.path_of(row), n)
 
 
 @dataclass

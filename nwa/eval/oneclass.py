@@ -54,8 +54,12 @@ def ledoit_wolf_mahalanobis(fit_z: np.ndarray, test_z: np.ndarray) -> np.ndarray
     shrinkage = float(ledoit_wolf_shrinkage(xc, assume_centered=True))
     a = (1.0 - shrinkage) / n
     b = shrinkage * float((xc**2).sum()) / n / d
-    if d <= n or b <= 0.0:  # the D x D route is cheap, or the covariance is not shrunk
+
+    def sklearn() -> np.ndarray:
         return LedoitWolf().fit(fit_z).mahalanobis(test_z)
+
+    if d <= n or b <= 0.0:  # the D x D route is cheap, or the covariance is not shrunk
+        return sklearn()
     v = test_z - mu
     if a == 0.0:
         return (v**2).sum(1) / b
@@ -63,14 +67,14 @@ def ledoit_wolf_mahalanobis(fit_z: np.ndarray, test_z: np.ndarray) -> np.ndarray
     # barely shrunk, the N x N system is near-singular (the centred points have rank N - 1):
     # sklearn's pseudo-inverse route handles that case
     if b / a < 1e-8 * np.trace(gram) / n:
-        return LedoitWolf().fit(fit_z).mahalanobis(test_z)
+        return sklearn()
     xv = xc @ v.T  # [N, M]
     try:
         inner = np.linalg.solve(gram, xv)
     except np.linalg.LinAlgError:
-        return LedoitWolf().fit(fit_z).mahalanobis(test_z)
+        return sklearn()
     out = ((v**2).sum(1) - (xv * inner).sum(0)) / b
-    return out if np.isfinite(out).all() else LedoitWolf().fit(fit_z).mahalanobis(test_z)
+    return out if np.isfinite(out).all() else sklearn()
 
 
 def one_class_auroc(

@@ -139,10 +139,15 @@ def _tile_edges(tile: Tile, w: torch.Tensor) -> tuple[int, int, int, torch.Tenso
     return bs, rows, bs * rows * i, w[b0:b1, j0:j1].reshape(bs * rows * i, w.shape[3])
 
 
+def _max_edges(tiles: list[Tile], i: int) -> int:
+    # from the bounds: slicing the (often strided) block to count would copy it
+    return max((b1 - b0) * (j1 - j0) for b0, b1, j0, j1 in tiles) * i
+
+
 def _forward_tiles(tiles: list[Tile], w, wkt, pairs, amt, slope, out) -> None:
     d = wkt.shape[1]
     i = w.shape[2]
-    nmax = max(_tile_edges(t, w)[2] for t in tiles)
+    nmax = _max_edges(tiles, w.shape[2])
     ebuf, zbuf = w.new_empty(nmax, d), w.new_empty(nmax, d)
     for tile in tiles:
         b0, b1, j0, j1 = tile
@@ -166,7 +171,7 @@ def _backward_tiles(tiles: list[Tile], w, wk, pairs, grads, spread, slope, ur, u
     i = w.shape[2]
     wkt, wka = wk.t(), wk * a.t()
     p = w.new_zeros(k, d)
-    nmax = max(_tile_edges(t, w)[2] for t in tiles)
+    nmax = _max_edges(tiles, w.shape[2])
     ebuf, zbuf, ubuf = (w.new_empty(nmax, d) for _ in range(3))
     for tile in tiles:
         b0, b1, j0, j1 = tile

@@ -153,14 +153,6 @@ def _parse_header(raw: bytes, size: int) -> _Header:
 
 def _pread(f: BinaryIO, n: int, offset: int) -> bytes:
     """Up to ``n`` bytes of ``f`` from ``offset`` (fewer only at the end of the file)."""
-    if _POSITIONAL:
-        out = os.pread(f.fileno(), n, offset)
-        while 0 < len(out) < n:
-            more = os.pread(f.fileno(), n - len(out), offset + len(out))
-            if not more:
-                break
-            out += more
-        return out
     buf = bytearray(n)
     del buf[_readinto_at(f, memoryview(buf), offset) :]
     return bytes(buf)
@@ -360,7 +352,8 @@ class TorchFile(WeightSource):
 class ShardedFolder(WeightSource):
     """A Hugging Face model folder: one safetensors file, or shards with their index JSON.
 
-    Each shard is opened only when one of its tensors is asked for.
+    Every shard is opened (its file, not its data) when the folder is; a shard's header and
+    tensors are read only when one of its tensors is asked for.
     """
 
     def __init__(self, path: str | Path, index_file: Path) -> None:
