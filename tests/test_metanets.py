@@ -314,3 +314,28 @@ def test_gatv2_chain_matches_gatv2conv(tile):
             gw.reshape(B, o * i, k), ref_edges[:, e0 : e0 + o * i, :k], atol=1e-11, rtol=1e-11
         )
         e0 += o * i
+
+
+def test_gatv2_chain_attention_dropout():
+    """In training, attention dropout is applied to the normalised coefficients like GATv2Conv:
+    draws differ, and their mean is the dropout-free output (inverted dropout is unbiased)."""
+    from torch_geometric.nn import GATv2Conv
+
+    from nwa.metanets.gatv2_dense import gatv2_chain
+
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(4, 3, 1), (2, 4, 1)]
+    ws = [torch.randn(1, o, i, k, generator=gen, dtype=torch.float64) for o, i, k in shapes]
+    n = 3 + 4 + 2
+    torch.manual_seed(0)
+    conv = GATv2Conv(5, 3, heads=2, edge_dim=2, add_self_loops=False, dropout=0.5).double()
+    h = torch.randn(1, n, 5, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        conv.eval()
+        clean = gatv2_chain(conv, h, ws)
+        conv.train()
+        draws = torch.stack([gatv2_chain(conv, h, ws) for _ in range(1500)])
+    assert not torch.equal(draws[0], draws[1])
+    assert (draws - clean).abs().amax() > 0.1  # dropout acts in training
+    spread = draws.std(0) / 1500**0.5
+    assert ((draws.mean(0) - clean).abs() <= 5 * spread + 1e-9).all()

@@ -13,6 +13,7 @@ from torch_geometric.nn.aggr import AttentionalAggregation
 from nwa.metanets.gatv2_dense import gatv2_chain, supports
 from nwa.weights.graph import (
     NODE_DIM,
+    batched_edge_index,
     chain_batch_to_graph,
     chain_node_features,
     chain_template,
@@ -143,9 +144,7 @@ class NWPA(nn.Module):
         key = (bsz, ei.device)
         want = self._index_cache.get(key)
         if want is None:
-            tmpl = t["edge_index"].to(ei.device)
-            shift = (torch.arange(bsz, device=ei.device) * n).view(bsz, 1, 1)
-            want = (tmpl.unsqueeze(0) + shift).permute(1, 0, 2).reshape(2, bsz * e)
+            want = batched_edge_index(t, bsz, ei.device)
             if len(self._index_cache) >= 4:
                 self._index_cache.pop(next(iter(self._index_cache)))
             self._index_cache[key] = want

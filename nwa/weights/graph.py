@@ -138,7 +138,6 @@ def _template_cached(shapes: tuple[tuple[int, int, int], ...]) -> dict[str, torc
         "node_kind": torch.cat(kind),
         "edge_index": torch.cat(edges, dim=1),
         "num_nodes": torch.tensor(offsets[-1]),
-        "offsets": torch.tensor(offsets),
     }
     for v in t.values():  # shared by every call: never written to
         v.requires_grad_(False)
@@ -149,10 +148,19 @@ def chain_template(shapes: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
     """The model-independent part of the graph of a chain with these ``(out, in, k)`` shapes.
 
     ``static`` [N, NODE_DIM - 1] (node features without the bias), ``layer`` and ``node_kind``
-    [N], ``edge_index`` [2, E], ``num_nodes`` and ``offsets`` [L + 2] (first node of each group,
-    then N). Cached per shapes: the tensors are shared, so treat them as read-only.
+    [N], ``edge_index`` [2, E] and ``num_nodes``. Cached per shapes: the tensors are shared, so treat them as read-only.
     """
     return _template_cached(tuple(tuple(int(v) for v in s) for s in shapes))
+
+
+def batched_edge_index(
+    template: dict[str, torch.Tensor], bsz: int, device: torch.device | str
+) -> torch.Tensor:
+    """[2, B * E]: the template's edges repeated for ``bsz`` graphs, graph ``b``'s nodes shifted
+    by ``b * N``, in the order of torch-geometric's ``Batch`` of those graphs."""
+    edges = template["edge_index"].to(device)
+    shift = (torch.arange(bsz, device=device) * int(template["num_nodes"])).view(bsz, 1, 1)
+    return (edges.unsqueeze(0) + shift).permute(1, 0, 2).reshape(2, bsz * edges.shape[1])
 
 
 def _edge_attr(weights: Sequence[torch.Tensor], k_max: int, dtype: torch.dtype) -> torch.Tensor:
@@ -202,15 +210,9 @@ def _build(
     k_max = max(s[2] for s in shapes)
     edge_attr = _edge_attr(weights, k_max, dtype)
     e = t["edge_index"].shape[1]
-    template = t["edge_index"].to(dev)
-    if bsz == 1:
-        edge_index = template.clone()
-    else:
-        shift = (torch.arange(bsz, device=dev) * n).view(bsz, 1, 1)
-        edge_index = (template.unsqueeze(0) + shift).permute(1, 0, 2).reshape(2, bsz * e)
     return {
         "x": x.reshape(bsz * n, -1),
-        "edge_index": edge_index,
+        "edge_index": batched_edge_index(t, bsz, dev),
         "edge_attr": edge_attr.reshape(bsz * e, k_max),
         "layer": t["layer"].to(dev).repeat(bsz),
         "node_kind": t["node_kind"].to(dev).repeat(bsz),
