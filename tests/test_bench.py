@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nwa.suite.execute import OUTPUTS, RESULT, log_dir, needs_run
-from nwa.suite.plan import FAMILIES, METHODS, SUITES, plan
+from nwa.suite.execute import OUTPUTS, RESULT, log_dir, needs_run, recipe_digest
+from nwa.suite.plan import FAMILIES, METHODS, SUITES, RunSpec, plan
 from nwa.suite.report import load_results, mean_std, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +170,14 @@ def test_a_run_finished_with_another_command_is_redone_and_not_reported(tmp_path
     )
     row = load_results(tmp_path, [spec]).iloc[0]
     assert row["status"] == "outdated" and "acc" not in row
+    # a recipe edited after the run: same command, other contents
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("trainer: {max_epochs: 3}\n")
+    edited = RunSpec(spec.task, spec.method, spec.subset, spec.seed, ("--config", str(recipe)))
+    ran = edited.to_dict() | {"recipes": recipe_digest(edited.args)}
+    assert not needs_run(edited, ran)
+    recipe.write_text("trainer: {max_epochs: 4}\n")
+    assert needs_run(edited, ran)
     # a report with no usable run at all (every run outdated or missing) still gets written
     path, df = write_report(tmp_path, runs, {"suite": "quick"})
     assert set(df["status"]) == {"outdated", "missing"}

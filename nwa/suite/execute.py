@@ -6,12 +6,14 @@ back by :mod:`nwa.runs`, so ``python -m nwa.compare`` works on it) and, once it 
 ``result.json`` (test metrics, parameter counts, timings) and ``outputs.npz`` (predictions,
 targets and representations of every model, with its split and tree). ``result.json`` is
 written last and atomically: a folder without it is an unfinished run and is redone, and so is
-a run whose recorded command differs from the planned one (a recipe or layer changed since).
+a run whose recorded command differs from the planned one (a layer changed since), or whose
+recipe files have changed content since it ran.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -70,10 +72,26 @@ def _portable(args: Sequence[str]) -> list[str]:
     return [re.sub(r"^.*/configs/(?=[^/].*\.ya?ml$)", "configs/", a) for a in args]
 
 
+def recipe_digest(args: Sequence[str]) -> str:
+    """A digest of the content of every ``--config`` file in ``args``, in order: a recipe edited
+    after a run (another layer glob, learning rate, head) makes the run outdated even though its
+    command line reads the same."""
+    h = hashlib.sha256()
+    for flag, value in zip(args, args[1:]):
+        if flag == "--config":
+            path = Path(value)
+            h.update(path.read_bytes() if path.is_file() else f"missing:{value}".encode())
+            h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def needs_run(spec: RunSpec, result: dict[str, Any] | None) -> bool:
     """Whether ``spec`` must (re)run given its folder's ``result.json`` (``None``: none yet):
-    not finished, failed, or finished with another command than the one planned now."""
+    not finished, failed, or finished with another command or other recipe contents than the
+    ones planned now (results from before recipe digests were kept compare commands only)."""
     if result is None or "error" in result:
+        return True
+    if "recipes" in result and result["recipes"] != recipe_digest(spec.args):
         return True
     return _portable(result.get("args", ())) != _portable(spec.args)
 
@@ -166,7 +184,7 @@ def execute(spec: RunSpec, folder: Path, keep_checkpoints: bool = False) -> dict
     if folder.exists():  # an unfinished earlier attempt: start clean
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    result: dict[str, Any] = spec.to_dict()
+    result: dict[str, Any] = spec.to_dict() | {"recipes": recipe_digest(spec.args)}
     start = time.perf_counter()
     log = open(folder / "output.txt", "w")  # noqa: SIM115 - closed below, after the run
     try:

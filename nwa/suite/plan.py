@@ -48,13 +48,10 @@ class Family:
         arch: Architecture glob (``resnet_*``).
         layers: Candidate layers (names or globs), best first; the first that matches a layer of
             the zoo is used.
-        stats_layers: Layers of the statistics methods when the recipe's (ResNet names) do not
-            apply; ``None`` keeps the recipe's.
     """
 
     arch: str
     layers: tuple[str, ...]
-    stats_layers: tuple[str, ...] | None = None
 
 
 METHODS: dict[str, Method] = {
@@ -84,11 +81,7 @@ FAMILIES: dict[str, Family] = {
     # ViT matrices are 64-128 wide: one alone holds too little for 70 training models per tree
     # (in `nwa.sweep` the best single layers of the two trees differ and sit within a test model
     # of each other); the MLP matrices of every block, one ProbeX each, concatenated.
-    "vit": Family(
-        "vit_*",
-        ("blocks.*.mlp.fc*.weight",),
-        stats_layers=("*.weight", "*.bias"),
-    ),
+    "vit": Family("vit_*", ("blocks.*.mlp.fc*.weight",)),
 }
 
 
@@ -179,8 +172,6 @@ def _method_args(
     args = ["--config", str(CONFIGS / method.config), "--data.init_args.arch", family.arch]
     if method.single_layer:
         args += ["--data.init_args.layers", layer_for(family, layers)]
-    elif method.name.startswith("StatNN") and family.stats_layers:
-        args += ["--data.init_args.layers", json.dumps(list(family.stats_layers))]
     epochs = suite.max_epochs(epochs_key)
     if epochs is not None and not method.fitted_once:
         args += ["--trainer.max_epochs", str(epochs)]
