@@ -37,7 +37,7 @@ from lightning.pytorch.callbacks import Callback
 
 from nwa.atomic import atomic_path, atomic_write_text
 from nwa.suite.plan import RunSpec
-from nwa.zoo.build import _cores as cpu_cores
+from nwa.zoo.build import cpu_cores
 
 RESULT, OUTPUTS = "result.json", "outputs.npz"
 

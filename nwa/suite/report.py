@@ -20,7 +20,7 @@ import pandas as pd
 from nwa.suite import figures
 from nwa.suite.execute import OUTPUTS, load_result, log_dir, needs_run
 from nwa.suite.plan import CLASSES, CONCEPT, METHODS, PROPERTIES, RunSpec
-from nwa.zoo.build import _cores as cpu_cores
+from nwa.zoo.build import cpu_cores
 
 PROPERTY_NAMES = ("test_acc", "gen_gap", "robustness")
 CLASS_METRICS = {
@@ -39,7 +39,7 @@ def load_results(out: Path, runs: Sequence[RunSpec]) -> pd.DataFrame:
         res = load_result(out / "runs" / spec.key)
         row: dict[str, Any] = spec.to_dict() | {"status": "missing"}
         if res is not None and "error" not in res and needs_run(spec, res):
-            row["status"] = "outdated"  # finished with another command than the planned one
+            row["status"] = "outdated"  # finished with another command or recipe than planned now
         elif res is not None:
             row["status"] = "failed" if "error" in res else "done"
             row |= {k: v for k, v in res.items() if k not in ("metrics", "alignment", "args")}

@@ -148,7 +148,8 @@ def chain_template(shapes: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
     """The model-independent part of the graph of a chain with these ``(out, in, k)`` shapes.
 
     ``static`` [N, NODE_DIM - 1] (node features without the bias), ``layer`` and ``node_kind``
-    [N], ``edge_index`` [2, E] and ``num_nodes``. Cached per shapes: the tensors are shared, so treat them as read-only.
+    [N], ``edge_index`` [2, E] and ``num_nodes``. Cached per shapes: the tensors are shared, so
+    treat them as read-only.
     """
     return _template_cached(tuple(tuple(int(v) for v in s) for s in shapes))
 

@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "build":
-            from nwa.zoo.build import _cores, build
+            from nwa.zoo.build import build, cpu_cores
 
-            workers = args.workers or min(_cores(), 8)
+            workers = args.workers or min(cpu_cores(), 8)
             result = build(
                 args.config, args.out, args.shard, workers, args.threads, progress=not args.quiet
             )

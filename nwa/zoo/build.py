@@ -114,7 +114,8 @@ class BuildResult:
     seconds: float = 0.0
 
 
-def _cores() -> int:
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from nwa.errors import ConfigError
-from nwa.zoo.build import _cores, build, file_lock, zoo_dir
+from nwa.zoo.build import build, cpu_cores, file_lock, zoo_dir
 from nwa.zoo.manifest import try_open
 from nwa.zoo.plan import load_config
 
@@ -49,7 +49,7 @@ def ensure_zoo(
                     f"nwa: building zoo {cfg.name!r} into {out} (first use; later runs reuse it)",
                     flush=True,
                 )
-            build(cfg, out, workers=workers or min(_cores(), 8), progress=progress)
+            build(cfg, out, workers=workers or min(cpu_cores(), 8), progress=progress)
     return out
 
 
