@@ -98,7 +98,9 @@ def test_router_bad_values():
 
 
 # ----- MixtureOfTreeExperts through the CLI -----
-def write_recipe(tmp_path: Path, zoo, data: dict, model: dict, **trainer) -> Path:
+def write_recipe(
+    tmp_path: Path, zoo, data: dict, model: dict, checkpoint: dict | None = None, **trainer
+) -> Path:
     cfg = {
         "data": {
             "class_path": "nwa.data.ModelZooDataModule",
@@ -117,6 +119,8 @@ def write_recipe(tmp_path: Path, zoo, data: dict, model: dict, **trainer) -> Pat
             **trainer,
         },
     }
+    if checkpoint is not None:
+        cfg["checkpoint"] = checkpoint
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -138,12 +142,19 @@ def test_mixture_trains_through_the_cli_and_its_checkpoint_tests(tmp_path, zoos)
     from nwa.cli import main
     from nwa.fit import run
 
-    recipe = write_recipe(tmp_path, zoos[2], {"layers": "*weight"}, MOTE)
-    run(["--config", str(recipe), "--run_name", "mote"])
+    monitor = {"monitor": "val/selected_loss"}
+    recipe = write_recipe(tmp_path, zoos[2], {"layers": "*weight"}, MOTE, monitor, max_epochs=3)
+    cli, _ = run(["--config", str(recipe), "--run_name", "mote"])
     run_dir = tmp_path / "runs" / "mote" / "version_0"
     logged = pd.read_csv(run_dir / "metrics.csv")
     for key in ("router/purity", "router/n_trees", "val/acc", "val/f1", "test/acc", "test/loss"):
         assert key in logged.columns, key
+    # Each expert is kept at the epoch of its own lowest validation loss.
+    val = logged.dropna(subset=["val/loss_expert0"]).set_index("epoch")
+    for k in (0, 1):
+        assert cli.model.best_epoch[k] == val[f"val/loss_expert{k}"].idxmin()
+        assert float(cli.model.best_loss[k]) == pytest.approx(val[f"val/loss_expert{k}"].min())
+    assert val["val/selected_loss"].is_monotonic_decreasing
     assert logged["router/purity"].dropna().eq(1.0).all()
     assert logged["router/n_trees"].dropna().eq(2.0).all()
     assert logged["test/router_purity"].dropna().eq(1.0).all()
@@ -152,11 +163,106 @@ def test_mixture_trains_through_the_cli_and_its_checkpoint_tests(tmp_path, zoos)
     assert saved["state_dict"]["router.centres"].shape == (2, 4 * 9)  # conv1.weight, 2 trees
     assert {k.split(".")[1] for k in saved["state_dict"] if k.startswith("experts.")} == {"0", "1"}
     assert saved["hyper_parameters"]["router_layer"] == "conv1.weight"
+    assert saved["kept_experts"]["epoch"] == cli.model.best_epoch
     cli = main("test", ["--config", str(recipe), "--ckpt_path", str(ckpt)])
     tested = cli.trainer.callback_metrics
     last = logged.dropna(subset=["test/acc"]).iloc[-1]
     assert float(tested["test/acc"]) == pytest.approx(last["test/acc"])
     assert float(tested["test/loss"]) == pytest.approx(last["test/loss"], rel=1e-5)
+
+
+def test_mixture_warns_when_the_checkpoint_does_not_monitor_the_kept_experts(tmp_path, zoos):
+    from nwa.cli import main
+
+    recipe = write_recipe(tmp_path, zoos[2], {"layers": "*weight"}, MOTE, fast_dev_run=True)
+    with pytest.warns(UserWarning, match="set checkpoint.monitor: val/selected_loss"):
+        main("fit", ["--config", str(recipe), "--checkpoint.monitor", "val/loss"])
+
+
+def mixture(k: int = 2, **kw):
+    from nwa.lit.experts import MixtureOfTreeExperts
+    from nwa.metanets import Dense
+    from nwa.tasks import Targets
+    from nwa.weights.spec import WeightShapes
+
+    mote = MixtureOfTreeExperts(
+        encoder=lambda shapes: Dense(shapes, dim=3),
+        shapes=WeightShapes(layers={"w": (2, 2)}),
+        targets=Targets("multilabel", ("a", "b")),
+        **kw,
+    )
+    mote.router.centres = torch.zeros(k, 4)  # as if fitted on k trees
+    mote._build_experts(k)
+    return mote
+
+
+def mark(mote, value: float) -> None:
+    """Set every parameter of every expert to ``value`` (stands for an epoch's weights)."""
+    with torch.no_grad():
+        for p in mote.experts.parameters():
+            p.fill_(value)
+
+
+def marks(mote) -> list[float]:
+    return [float(next(e.parameters()).flatten()[0]) for e in mote.experts]
+
+
+def test_keep_best_keeps_each_experts_lowest_epoch_and_weighs_the_mixture():
+    mote = mixture()
+    epochs = [
+        ([0.5, 0.4], [3, 0]),
+        ([0.3, 0.6], [3, 1]),
+        ([0.4, 0.2], [3, 1]),
+        ([0.35, 0.3], [3, 1]),
+    ]
+    selected = []
+    for epoch, (losses, counts) in enumerate(epochs):
+        mark(mote, float(epoch))
+        selected.append(float(mote.keep_best(torch.tensor(losses), torch.tensor(counts), epoch)))
+    # Expert 1 had no validation models at epoch 0: its 0.4 is not kept.
+    assert mote.best_epoch == [1, 2]
+    assert mote.best_loss.tolist() == pytest.approx([0.3, 0.2])
+    assert selected == pytest.approx([0.5, (0.3 * 3 + 0.6) / 4, (0.3 * 3 + 0.2) / 4, 0.275])
+    assert mixture().keep_best(torch.tensor([1.0, 1.0]), torch.tensor([0, 0]), 0) is None
+    mark(mote, 9.0)
+    mote.on_fit_end()  # the model left after training is the kept one
+    assert marks(mote) == [1.0, 2.0]
+
+
+def test_kept_experts_replace_the_trained_ones_when_a_checkpoint_is_evaluated(tmp_path):
+    from types import SimpleNamespace
+
+    mote = mixture()
+    for epoch, losses in enumerate([[0.5, 0.5], [0.4, 0.6], [0.6, 0.7]]):
+        mark(mote, float(epoch))
+        mote.keep_best(torch.tensor(losses), torch.tensor([2, 2]), epoch)
+    checkpoint = {"state_dict": mote.state_dict()}
+    mote.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "c.ckpt")
+
+    evaluated = mixture(k=1)  # the expert count comes from the checkpoint's router
+    saved = torch.load(tmp_path / "c.ckpt", weights_only=True)
+    evaluated.on_load_checkpoint(saved)
+    evaluated.load_state_dict(saved["state_dict"])
+    assert marks(evaluated) == [1.0, 0.0]
+    assert evaluated.best_epoch == [1, 0]
+
+    resumed = mixture()
+    resumed._trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"))
+    saved = torch.load(tmp_path / "c.ckpt", weights_only=True)
+    resumed.on_load_checkpoint(saved)
+    resumed.load_state_dict(saved["state_dict"])
+    assert marks(resumed) == [2.0, 2.0]  # training goes on from the trained weights ...
+    assert resumed.best_loss.tolist() == pytest.approx([0.4, 0.5])  # ... and the kept ones
+    resumed.on_fit_end()
+    assert marks(resumed) == [1.0, 0.0]
+
+    shared = mixture(selection="shared")
+    mark(shared, 0.0)
+    assert shared.keep_best is not None
+    checkpoint = {"state_dict": shared.state_dict()}
+    shared.on_save_checkpoint(checkpoint)
+    assert "kept_experts" not in checkpoint
 
 
 def test_mixture_regression_fits_one_scaler_and_pca_per_tree(tmp_path, zoos):

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from nwa.errors import ConfigError
@@ -41,6 +42,15 @@ class MixtureOfTreeExperts(WeightModule):
     manifest's trees), ``router/n_trees``, and ``val/router_purity``/``test/router_purity`` (the
     routed held-out models against their trees).
 
+    Model selection is per expert by default, as if each tree's expert were trained alone: after
+    every validation each expert whose own validation loss (on the held-out models routed to it)
+    is its lowest so far is kept, and evaluation and the checkpoints use the kept experts. The
+    loss of that kept mixture is logged as ``val/selected_loss`` (it can only fall), which the
+    checkpoint should monitor (``checkpoint.monitor: val/selected_loss``, as in
+    ``configs/experts_vision.yaml``); with ``val/loss`` the best checkpoint misses the experts
+    that improve after it. ``selection: shared`` keeps the experts of one epoch, chosen by the
+    checkpoint's monitor, and logs ``val/selected_loss`` as the current loss.
+
     Under DDP a batch may hold no model of some tree, leaving that expert without gradients:
     use ``trainer.strategy: ddp_find_unused_parameters_true``.
 
@@ -61,7 +71,11 @@ class MixtureOfTreeExperts(WeightModule):
         n_trees: Number of trees; ``None`` reads it from the dendrogram.
         gap_ratio: Dendrogram height ratio that separates trees (see
             :func:`nwa.experts.count_trees`).
+        selection: ``per_expert`` (each expert's best epoch on its own validation models) or
+            ``shared`` (one epoch for all).
     """
+
+    SELECTIONS = ("per_expert", "shared")
 
     def __init__(
         self,
@@ -76,12 +90,15 @@ class MixtureOfTreeExperts(WeightModule):
         router_layer: str | None = None,
         n_trees: int | None = None,
         gap_ratio: float = 3.0,
+        selection: str = "per_expert",
     ) -> None:
         L.LightningModule.__init__(self)  # not WeightModule's: it would build a single encoder
         if shapes is None or targets is None:
             raise ValueError(
                 "shapes and targets come from the data module (python -m nwa.fit links them)"
             )
+        if selection not in self.SELECTIONS:
+            raise ConfigError(f"selection must be one of {self.SELECTIONS}, got {selection!r}")
         layers = list(shapes.layers)
         router_layer = router_layer or layers[0]
         if router_layer not in layers:
@@ -90,8 +107,20 @@ class MixtureOfTreeExperts(WeightModule):
                 "add it to data.layers"
             )
         self.save_hyperparameters(ignore=["encoder", "task", "shapes", "targets"])
+        # save_hyperparameters finds the arguments by walking frames that call super() (or gets
+        # them from LightningCLI); this __init__ skips WeightModule's, so constructed directly
+        # it would record nothing: set them here.
         self.hparams.update(
-            shapes=asdict(shapes), targets=asdict(targets), router_layer=router_layer
+            lr=lr,
+            weight_decay=weight_decay,
+            head_hidden=head_hidden,
+            scheduler=scheduler,
+            router_layer=router_layer,
+            n_trees=n_trees,
+            gap_ratio=gap_ratio,
+            selection=selection,
+            shapes=asdict(shapes),
+            targets=asdict(targets),
         )
         self.shapes, self.targets = shapes, targets
         self._encoder_factory, self._task_factory = encoder, task
@@ -99,6 +128,7 @@ class MixtureOfTreeExperts(WeightModule):
         self.experts = nn.ModuleList()
         self.metrics = nn.ModuleDict({s: self._make_task(1).metrics() for s in ("val", "test")})
         self._routed: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+        self._reset_selection(0)
 
     # ----- building -----
     def _make_task(self, dim: int) -> Task:
@@ -112,6 +142,14 @@ class MixtureOfTreeExperts(WeightModule):
             enc = self._encoder_factory(self.shapes)
             experts.append(nn.ModuleDict({"encoder": enc, "task": self._make_task(enc.out_dim)}))
         self.experts = nn.ModuleList(experts)
+        self._reset_selection(k)
+
+    def _reset_selection(self, k: int) -> None:
+        """No expert kept yet; the current epoch's validation loss sums and model counts zeroed."""
+        self.best_loss = torch.full((k,), float("inf"))
+        self.best_epoch = [-1] * k
+        self._best_state: list[dict[str, torch.Tensor] | None] = [None] * k
+        self._val_sums, self._val_counts = torch.zeros(k), torch.zeros(k)
 
     @property
     def task(self) -> Task:
@@ -149,10 +187,43 @@ class MixtureOfTreeExperts(WeightModule):
             if x is not None:
                 expert["encoder"].fit(take(x, mask))
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        kept = [k for k, state in enumerate(self._best_state) if state is not None]
+        if self.hparams.selection != "per_expert" or not kept:
+            return
+        # The trained weights stay in state_dict (to resume training); the kept experts go
+        # beside them and replace them when the checkpoint is loaded for evaluation.
+        checkpoint["kept_experts"] = {
+            "loss": self.best_loss.clone(),
+            "epoch": list(self.best_epoch),
+            "state": {
+                f"{k}.{name}": t.detach().cpu()
+                for k in kept
+                for name, t in self._best_state[k].items()
+            },
+        }
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         centres = checkpoint["state_dict"].get("router.centres")
         if centres is not None and len(self.experts) != centres.shape[0]:
             self._build_experts(centres.shape[0])
+        kept = checkpoint.get("kept_experts")
+        if kept is None or self.hparams.selection != "per_expert":
+            return
+        self.best_loss = kept["loss"].clone()
+        self.best_epoch = list(kept["epoch"])
+        states: list[dict[str, torch.Tensor]] = [{} for _ in self._best_state]
+        for key, t in kept["state"].items():
+            k, name = key.split(".", 1)
+            states[int(k)][name] = t
+        self._best_state = [s or None for s in states]
+        # Lightning loads state_dict after this hook: resuming training continues from the
+        # trained weights, anything else (test, predict, load_from_checkpoint) gets the kept ones.
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            checkpoint["state_dict"].update(
+                {f"experts.{key}": t for key, t in kept["state"].items()}
+            )
 
     def _check_built(self) -> None:
         if not len(self.experts):
@@ -171,7 +242,21 @@ class MixtureOfTreeExperts(WeightModule):
         self._check_built()
 
     def on_fit_start(self) -> None:  # WeightModule's fits one scaler/encoder; done in setup
-        pass
+        if self.hparams.selection != "per_expert":
+            return
+        for cb in self.trainer.checkpoint_callbacks:
+            if cb.monitor not in (None, "val/selected_loss"):
+                rank_zero_warn(
+                    f"MixtureOfTreeExperts keeps each expert's best epoch, but the checkpoint "
+                    f"monitors {cb.monitor!r}: its best checkpoint misses experts that improve "
+                    "later; set checkpoint.monitor: val/selected_loss"
+                )
+
+    def on_fit_end(self) -> None:
+        # The model left in memory is the one the checkpoints evaluate.
+        for expert, state in zip(self.experts, self._best_state, strict=True):
+            if state is not None:
+                expert.load_state_dict(state)
 
     # ----- routing and forward -----
     def _router_input(self, x: Batch) -> torch.Tensor:
@@ -203,19 +288,24 @@ class MixtureOfTreeExperts(WeightModule):
             out[mask] = o
         return out
 
-    def _loss(self, out: torch.Tensor, y: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
-        """Size-weighted mean of the experts' losses (each task standardizes with its scaler)."""
-        total = out.new_zeros(())
+    def _expert_losses(
+        self, out: torch.Tensor, y: torch.Tensor, clusters: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each expert's loss summed over its models (its task standardizes with its own
+        scaler), [K], and its number of models, [K]."""
+        sums, counts = [], []
         for k, expert in enumerate(self.experts):
             mask = clusters == k
-            if mask.any():
-                total = total + expert["task"].loss(out[mask], y[mask]) * mask.sum()
-        return total / len(y)
+            n = mask.sum()
+            sums.append(expert["task"].loss(out[mask], y[mask]) * n if n else out.new_zeros(()))
+            counts.append(n.to(out.dtype))
+        return torch.stack(sums), torch.stack(counts)
 
     # ----- steps -----
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         clusters = self.route(batch["x"])
-        loss = self._loss(self(batch["x"], clusters), batch["y"], clusters)
+        sums, _ = self._expert_losses(self(batch["x"], clusters), batch["y"], clusters)
+        loss = sums.sum() / len(batch["y"])
         n = len(batch["y"])
         self.log("train/loss", loss, prog_bar=True, batch_size=n, on_epoch=True, on_step=False)
         return loss
@@ -223,9 +313,13 @@ class MixtureOfTreeExperts(WeightModule):
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         clusters = self.route(batch["x"])
         out = self(batch["x"], clusters)
-        loss = self._loss(out, batch["y"], clusters)
+        sums, counts = self._expert_losses(out, batch["y"], clusters)
         n = len(batch["y"])
+        loss = sums.sum() / n
         self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True, prog_bar=stage == "val")
+        if stage == "val":
+            self._val_sums = self._val_sums.to(sums) + sums.detach()
+            self._val_counts = self._val_counts.to(counts) + counts
         self.task.update(self.metrics[stage], out, batch["y"])
         self._routed[stage].append((clusters.cpu(), batch["index"].cpu()))
 
@@ -241,9 +335,57 @@ class MixtureOfTreeExperts(WeightModule):
         trees = dm.dataset(stage).rows["tree"].iloc[torch.cat([i for _, i in routed]).tolist()]
         self.log(f"{stage}/router_purity", self.router.purity(clusters, list(trees)))
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums.zero_()
+        self._val_counts.zero_()
+
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
         self._log_router("val")
+        if self.trainer.sanity_checking:
+            return
+        strategy = self.trainer.strategy
+        sums = strategy.reduce(self._val_sums.to(self.device), reduce_op="sum")
+        counts = strategy.reduce(self._val_counts.to(self.device), reduce_op="sum")
+        losses = (sums / counts.clamp(min=1)).cpu()
+        seen = counts.cpu() > 0
+        self.log_dict(
+            {f"val/loss_expert{k}": losses[k] for k in range(len(losses)) if seen[k]},
+            sync_dist=True,  # already reduced: averages identical values, silences the warning
+        )
+        if self.hparams.selection == "shared":
+            self.log("val/selected_loss", sums.sum() / counts.sum().clamp(min=1), sync_dist=True)
+            return
+        selected = self.keep_best(losses, counts.cpu(), self.current_epoch)
+        if selected is not None:
+            self.log("val/selected_loss", selected, sync_dist=True)
+
+    def keep_best(
+        self, losses: torch.Tensor, counts: torch.Tensor, epoch: int
+    ) -> torch.Tensor | None:
+        """Keep (a copy of) each expert whose validation loss is its lowest so far.
+
+        Args:
+            losses: Each expert's mean validation loss this epoch, [K].
+            counts: Each expert's number of validation models, [K] (0: not seen, not kept).
+            epoch: The epoch the losses belong to.
+
+        Returns:
+            The validation loss of the kept mixture (the kept losses weighted by ``counts``),
+            or ``None`` while no expert is kept.
+        """
+        seen = counts > 0
+        for k, expert in enumerate(self.experts):
+            if seen[k] and losses[k] < self.best_loss[k]:
+                self.best_loss[k], self.best_epoch[k] = losses[k], epoch
+                self._best_state[k] = {
+                    name: t.detach().clone() for name, t in expert.state_dict().items()
+                }
+        kept = seen & torch.isfinite(self.best_loss)
+        if not kept.any():
+            return None
+        weights = counts[kept].to(self.best_loss)
+        return (self.best_loss[kept] * weights).sum() / weights.sum()
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
