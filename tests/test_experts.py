@@ -171,6 +171,27 @@ def test_mixture_trains_through_the_cli_and_its_checkpoint_tests(tmp_path, zoos)
     assert float(tested["test/loss"]) == pytest.approx(last["test/loss"], rel=1e-5)
 
 
+def test_mixture_keeps_the_same_experts_on_two_ddp_processes(tmp_path, zoos):
+    from tests.test_cli import run_cli
+
+    monitor = {"monitor": "val/selected_loss"}
+    recipe = write_recipe(tmp_path, zoos[2], {"layers": "*weight"}, MOTE, monitor, max_epochs=3)
+    ddp = ["--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    ddp += ["--trainer.strategy", "ddp_find_unused_parameters_true", "--run_name", "ddp"]
+    r = run_cli(["nwa.fit", "--config", str(recipe), *ddp], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "ddp" / "version_0"
+    val = pd.read_csv(run_dir / "metrics.csv").dropna(subset=["val/loss_expert0"])
+    saved = torch.load(next((run_dir / "checkpoints").glob("best-*.ckpt")), weights_only=True)
+    # The experts' losses are summed over both processes' validation models before the choice.
+    kept = saved["kept_experts"]
+    for k in (0, 1):
+        losses = val.set_index("epoch")[f"val/loss_expert{k}"]
+        assert kept["epoch"][k] == losses.idxmin()
+        assert float(kept["loss"][k]) == pytest.approx(losses.min())
+    assert "test/acc" in r.stdout
+
+
 def test_mixture_warns_when_the_checkpoint_does_not_monitor_the_kept_experts(tmp_path, zoos):
     from nwa.cli import main
 
