@@ -17,7 +17,7 @@ import pytest
 
 from nwa.suite.execute import OUTPUTS, RESULT, log_dir, needs_run, recipe_digest
 from nwa.suite.plan import FAMILIES, METHODS, SUITES, RunSpec, plan
-from nwa.suite.report import load_results, mean_std, write_report
+from nwa.suite.report import load_results, mean_std, tree_accuracy, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TREES = ["vision-resnet_micro-0", "vision-resnet_micro-1", "vision-vit_micro-0"]
@@ -194,6 +194,21 @@ def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def test_tree_accuracy_scores_one_trees_test_models():
+    outputs = {
+        "split": np.array(["test", "test", "val", "test"]),
+        "tree": np.array(["a", "b", "a", "a"]),
+        "pred": np.array([[0.9, 0.2], [0.6, 0.7], [0.9, 0.9], [0.4, 0.5]]),
+        "target": np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 1.0]]),
+    }
+    # tree a's test rows: 1 of 2 right, then 1 of 2 (0.5 is not above the threshold); val ignored
+    assert tree_accuracy(outputs, "a") == 0.5
+    assert tree_accuracy(outputs, "b") == 1.0
+    assert tree_accuracy(outputs, "c") is None
+    multiclass = dict(outputs, target=np.array([0.0, 1.0, 0.0, 1.0]))
+    assert tree_accuracy(multiclass, "a") is None
+
+
 @pytest.fixture(scope="module")
 def tiny_tree_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """configs/zoo/tiny.yaml with a train, a val and a test member in every pretrained tree, so
@@ -250,6 +265,7 @@ def test_bench_runs_reports_and_skips_finished_runs(tiny_tree_zoo, tmp_path):
     ):
         assert (out / "figures" / f"{fig}.png").is_file()
     assert "zero-shot" in report
+    assert "| tree | ProbeX on this tree alone | joint | this tree's expert |" in report
     # a rerun skips every finished run
     again = _bench(*common, cwd=tmp_path)
     assert f"{planned} runs over seeds [0, 1], {planned} already finished" in again.stdout

@@ -436,6 +436,7 @@ def probex_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
             ),
             "",
         ]
+        lines += _experts_per_tree(out, df, fams)
     lines += align_tables(df)
     first = _select(df, task=CONCEPT, method="ProbeX")
     if not first.empty:
@@ -445,6 +446,41 @@ def probex_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
             shutil.copyfile(found[0], target)
             lines += _figure_lines([target], out)
     return lines
+
+
+def tree_accuracy(outputs: dict[str, np.ndarray], tree: str) -> float | None:
+    """Element-wise accuracy on ``tree``'s test models of one run's multi-label outputs (the
+    decision ``probability > 0.5``, as the logged ``test/acc``)."""
+    rows = (outputs["split"] == "test") & (outputs["tree"] == tree)
+    if not rows.any() or outputs["pred"].shape != outputs["target"].shape:
+        return None
+    return float(((outputs["pred"][rows] > 0.5) == (outputs["target"][rows] > 0.5)).mean())
+
+
+def _experts_per_tree(out: Path, df: pd.DataFrame, fams: Sequence[str]) -> list[str]:
+    """Each tree's test models as scored by the model trained on that tree alone, by the joint
+    model and by the tree's expert: does a tree gain or lose from the other trees' models?"""
+    rows = []
+    for fam in fams:
+        runs = {
+            m: _outputs(out, df, task=CLASSES, method=m, subset=f"{fam} trees")
+            for m in ("ProbeX", "ProbeX experts")
+        }
+        trees = sorted({str(t) for o in runs["ProbeX experts"] for t in o["tree"]})
+        for tree in trees:
+            cells = [_cell(df, "acc", task=CLASSES, method="ProbeX", subset=tree)]
+            for m in ("ProbeX", "ProbeX experts"):
+                accs = [a for o in runs[m] if (a := tree_accuracy(o, tree)) is not None]
+                cells.append(mean_std(accs) if accs else "-")
+            rows.append([tree, *cells])
+    if not rows:
+        return []
+    return [
+        "Per tree (element-wise test accuracy on the tree's test models):",
+        "",
+        _table(["tree", "ProbeX on this tree alone", "joint", "this tree's expert"], rows),
+        "",
+    ]
 
 
 def align_tables(df: pd.DataFrame) -> list[str]:
