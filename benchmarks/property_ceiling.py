@@ -11,7 +11,8 @@ Prints one row per property of the selected trees' test split:
   model was made - its class set (one-hot and every class pair) and its hyperparameters - fitted
   on the train and val members and scored on the test members, like the metanetworks. A
   metanetwork sees the weights instead; it can beat this oracle only where the weights carry
-  more than the recipe (how that particular run went).
+  more than the recipe (how that particular run went). Two partial oracles say which part of
+  the recipe carries the property: the class set alone, and the hyperparameters alone.
 
 Both read the manifest alone (no weights), in seconds. Kendall's tau of the oracle is printed too.
 """
@@ -58,7 +59,8 @@ def noise_variance(df: pd.DataFrame, prop: str, n_eval: int) -> np.ndarray:
     return np.full(len(df), np.nan)
 
 
-def recipe_features(df: pd.DataFrame, n_classes: int) -> np.ndarray:
+def recipe_features(df: pd.DataFrame, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The class-set features (one-hot and every class pair) and the standardized hyperparameters."""
     onehot = np.zeros((len(df), n_classes))
     for i, c in enumerate(df["classes"]):
         onehot[i, list(c)] = 1
@@ -70,7 +72,17 @@ def recipe_features(df: pd.DataFrame, n_classes: int) -> np.ndarray:
         hp["lr"] = np.log10(hp["lr"])
     hp = hp.astype(float)
     hp = (hp - hp.mean()) / hp.std().replace(0, 1)
-    return np.column_stack([onehot, *pairs, hp.to_numpy()])
+    return np.column_stack([onehot, *pairs]), hp.to_numpy()
+
+
+def ridge_r2(
+    x: np.ndarray, y: np.ndarray, fit: np.ndarray, test: np.ndarray
+) -> tuple[float, float]:
+    """Test R^2 and Kendall's tau of ridge regression fitted on the ``fit`` rows."""
+    model = RidgeCV(alphas=np.logspace(-3, 4, 30)).fit(x[fit], y[fit])
+    pred = model.predict(x[test])
+    r2 = 1 - ((pred - y[test]) ** 2).mean() / y[test].var()
+    return float(r2), float(kendalltau(pred, y[test]).statistic)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,22 +106,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     n = n_eval.pop()
     df["train_images"] = [json.loads(h).get("train_images", n) for h in df["hparams"]]
-    x = recipe_features(df, len(zoo["classes"]))
+    classes, hparams = recipe_features(df, len(zoo["classes"]))
+    x = np.column_stack([classes, hparams])
     fit, test = (df["split"] != "test").to_numpy(), (df["split"] == "test").to_numpy()
     print(
         f"zoo {root.name}, trees {args.trees}: {fit.sum()} train+val models, {test.sum()} test, "
         f"{n} images per accuracy"
     )
-    print(f"{'property':<12}{'std':>8}{'noise ceiling':>15}{'oracle R^2':>12}{'oracle tau':>12}")
+    print(
+        f"{'property':<12}{'std':>8}{'noise ceiling':>15}{'oracle R^2':>12}{'oracle tau':>12}"
+        f"{'classes R^2':>13}{'hparams R^2':>13}"
+    )
     for prop in PROPERTIES:
         y = df[prop].to_numpy(dtype=float)
         var = y[test].var()
         ceiling = 1 - np.nanmean(noise_variance(df, prop, n)[test]) / var
-        model = RidgeCV(alphas=np.logspace(-3, 4, 30)).fit(x[fit], y[fit])
-        pred = model.predict(x[test])
-        r2 = 1 - ((pred - y[test]) ** 2).mean() / var
-        tau = kendalltau(pred, y[test]).statistic
-        print(f"{prop:<12}{y[test].std():>8.4f}{ceiling:>15.3f}{r2:>12.3f}{tau:>12.3f}")
+        r2, tau = ridge_r2(x, y, fit, test)
+        only_classes, only_hparams = (ridge_r2(f, y, fit, test)[0] for f in (classes, hparams))
+        print(
+            f"{prop:<12}{y[test].std():>8.4f}{ceiling:>15.3f}{r2:>12.3f}{tau:>12.3f}"
+            f"{only_classes:>13.3f}{only_hparams:>13.3f}"
+        )
     return 0
 
 

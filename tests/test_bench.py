@@ -334,3 +334,38 @@ def test_bench_workers_stop_when_the_bench_is_killed(tmp_path):
         proc.kill()
         for pid in filter(_alive, pids):  # a failed run must not leave them behind either
             os.kill(pid, signal.SIGKILL)
+
+
+def test_property_ceiling_tells_class_set_from_hyperparameters():
+    """A property made by the class set alone is explained by the class-set oracle, not by the
+    hyperparameters (benchmarks/property_ceiling.py's partial oracles)."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location(
+        "property_ceiling", ROOT / "benchmarks" / "property_ceiling.py"
+    )
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    rng = np.random.default_rng(0)
+    n, n_classes = 300, 10
+    classes = [sorted(rng.choice(n_classes, 5, replace=False).tolist()) for _ in range(n)]
+    hparams = [
+        json.dumps(
+            {"lr": float(10 ** rng.uniform(-4, -2)), "steps": int(rng.integers(50, 151)), "seed": i}
+        )
+        for i in range(n)
+    ]
+    df = pd.DataFrame({"classes": classes, "hparams": hparams})
+    hard = rng.normal(0, 0.05, n_classes)
+    y = np.array([0.9 - hard[c].sum() for c in classes]) + rng.normal(0, 0.005, n)
+    by_classes, by_hparams = ceiling.recipe_features(df, n_classes)
+    assert by_classes.shape == (n, n_classes + n_classes * (n_classes - 1) // 2)
+    assert by_hparams.shape == (n, 2)  # the seed is no recipe choice
+    fit = np.arange(n) < 240
+    assert ceiling.ridge_r2(by_classes, y, fit, ~fit)[0] > 0.9
+    assert ceiling.ridge_r2(by_hparams, y, fit, ~fit)[0] < 0.1
+    both = np.column_stack([by_classes, by_hparams])
+    r2, tau = ceiling.ridge_r2(both, y, fit, ~fit)
+    assert r2 > 0.9 and tau > 0.7
