@@ -146,3 +146,31 @@ def test_boosted_trees_need_feature_inputs(tmp_path, zoo, capsys):
     with pytest.raises(SystemExit) as e:
         main("fit", ["--config", str(recipe)])
     assert e.value.code == 2 and "needs data.input 'stats'" in capsys.readouterr().err
+
+
+def test_modules_built_in_python_record_their_arguments():
+    """Built outside LightningCLI, the WeightModule subclasses still save every argument (as
+    W&B and checkpoints need), through WeightModule's ``build`` hook."""
+    from functools import partial
+
+    from nwa.lit.boosted import BoostedTreesModule
+    from nwa.lit.experts import MixtureOfTreeExperts
+    from nwa.metanets import ProbeX
+    from nwa.tasks import Targets
+    from nwa.weights.spec import WeightShapes
+
+    targets = Targets("regression", ("test_acc",))
+    boosted = BoostedTreesModule(WeightShapes({}, stats_dim=14), targets, n_estimators=7)
+    assert boosted.hparams.n_estimators == 7 and boosted.hparams.num_leaves == 31
+    assert "lr" not in boosted.hparams  # no gradient training to configure
+    assert boosted.hparams.targets == {"kind": "regression", "names": ("test_acc",)}
+    mixture = MixtureOfTreeExperts(
+        partial(ProbeX, rank_u=4, rank_v=4, dim=8),
+        shapes=WeightShapes({"a": (8, 8), "b": (4, 8)}),
+        targets=targets,
+        lr=0.01,
+        n_trees=2,
+    )
+    assert (mixture.hparams.lr, mixture.hparams.n_trees) == (0.01, 2)
+    assert mixture.hparams.router_layer == "a"  # resolved: the first selected layer
+    assert mixture.hparams.selection == "per_expert" and mixture.router.requested_trees == 2

@@ -48,12 +48,25 @@ class WeightModule(L.LightningModule):
             raise ValueError(
                 "shapes and targets come from the data module (python -m nwa.fit links them)"
             )
-        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
+        # Plain containers only, so checkpoints load with torch.load(weights_only=True). Called
+        # from here, Lightning also records the arguments of every subclass __init__ that
+        # reaches this one through super().__init__.
         self.save_hyperparameters(ignore=["encoder", "task", "shapes", "targets"])
         self.hparams.update(shapes=asdict(shapes), targets=asdict(targets))
-        self.encoder = encoder(shapes)
+        self.shapes, self.targets = shapes, targets
+        self.build(encoder, task)
+
+    def build(self, encoder: EncoderFactory | None, task: TaskFactory | None) -> None:
+        """Build the trainable parts from ``self.shapes`` and ``self.targets``: the encoder, its
+        task and the evaluation metrics. Subclasses with other parts (one expert per tree, fitted
+        trees) override it; ``self.hparams`` already holds every argument."""
+        self.encoder = encoder(self.shapes)
         dim = self.encoder.out_dim
-        self.task = task(dim, targets) if task is not None else task_for(dim, targets, head_hidden)
+        self.task = (
+            task(dim, self.targets)
+            if task is not None
+            else task_for(dim, self.targets, self.hparams.head_hidden)
+        )
         self.metrics = nn.ModuleDict({stage: self.task.metrics() for stage in ("val", "test")})
 
     def forward(self, x: Any) -> torch.Tensor:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import nn
@@ -140,18 +138,16 @@ class BoostedTreesModule(WeightModule):
         n_jobs: int = 1,
         lgbm: dict[str, Any] | None = None,
     ) -> None:
-        L.LightningModule.__init__(self)  # not WeightModule's: there is no encoder to build
-        if shapes is None or targets is None:
-            raise ValueError(
-                "shapes and targets come from the data module (python -m nwa.fit links them)"
-            )
-        self.save_hyperparameters(ignore=["shapes", "targets"])
-        self.hparams.update(shapes=asdict(shapes), targets=asdict(targets))
+        super().__init__(None, None, shapes, targets)
+        # what WeightModule records for gradient training does not apply to fitted trees
+        for unused in ("lr", "weight_decay", "head_hidden", "scheduler"):
+            self.hparams.pop(unused, None)
+
+    def build(self, encoder: None, task: None) -> None:
+        """No encoder: the task gives the loss, the metrics and (regression) the target scaler;
+        its head is unused, so it is frozen. The trees come with the first epoch."""
         self.automatic_optimization = False
-        self.targets = targets
-        # The task gives the loss, the metrics and (regression) the target scaler; its head is
-        # unused, so it is frozen.
-        self.task = task_for(1, targets).requires_grad_(False)
+        self.task = task_for(1, self.targets).requires_grad_(False)
         self.metrics = nn.ModuleDict({stage: self.task.metrics() for stage in ("val", "test")})
         self.trees: FittedTrees | None = None
         self._collected: list[tuple[torch.Tensor, torch.Tensor]] = []

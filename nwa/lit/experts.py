@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
@@ -55,7 +53,8 @@ class MixtureOfTreeExperts(WeightModule):
     use ``trainer.strategy: ddp_find_unused_parameters_true``.
 
     A subclass of ``WeightModule`` so that ``python -m nwa.fit`` accepts it and it shares the
-    optimizer and metric logging; its single encoder is replaced by the experts.
+    argument checks, hyperparameter saving, optimizer and metric logging; its :meth:`build`
+    makes the router in place of the single encoder, and the experts come in ``setup``.
 
     Args:
         encoder: Each expert's metanetwork, as ``class_path`` + ``init_args``.
@@ -92,45 +91,30 @@ class MixtureOfTreeExperts(WeightModule):
         gap_ratio: float = 3.0,
         selection: str = "per_expert",
     ) -> None:
-        L.LightningModule.__init__(self)  # not WeightModule's: it would build a single encoder
-        if shapes is None or targets is None:
-            raise ValueError(
-                "shapes and targets come from the data module (python -m nwa.fit links them)"
-            )
         if selection not in self.SELECTIONS:
             raise ConfigError(f"selection must be one of {self.SELECTIONS}, got {selection!r}")
-        layers = list(shapes.layers)
-        router_layer = router_layer or layers[0]
-        if router_layer not in layers:
-            raise ConfigError(
-                f"router_layer {router_layer!r} is not among the selected layers {layers}; "
-                "add it to data.layers"
-            )
-        self.save_hyperparameters(ignore=["encoder", "task", "shapes", "targets"])
-        # save_hyperparameters finds the arguments by walking frames that call super() (or gets
-        # them from LightningCLI); this __init__ skips WeightModule's, so constructed directly
-        # it would record nothing: set them here.
-        self.hparams.update(
-            lr=lr,
-            weight_decay=weight_decay,
-            head_hidden=head_hidden,
-            scheduler=scheduler,
-            router_layer=router_layer,
-            n_trees=n_trees,
-            gap_ratio=gap_ratio,
-            selection=selection,
-            shapes=asdict(shapes),
-            targets=asdict(targets),
-        )
-        self.shapes, self.targets = shapes, targets
+        if shapes is not None:
+            layers = list(shapes.layers)
+            router_layer = router_layer or layers[0]  # recorded resolved, in the hparams
+            if router_layer not in layers:
+                raise ConfigError(
+                    f"router_layer {router_layer!r} is not among the selected layers {layers}; "
+                    "add it to data.layers"
+                )
+        super().__init__(encoder, task, shapes, targets, lr, weight_decay, head_hidden, scheduler)
+        # LightningCLI hands over the arguments as configured; keep the resolved layer
+        self.hparams["router_layer"] = router_layer
+
+    # ----- building -----
+    def build(self, encoder: EncoderFactory | None, task: TaskFactory | None) -> None:
+        """Keep the factories: the experts are built once the router knows the trees (setup)."""
         self._encoder_factory, self._task_factory = encoder, task
-        self.router = TreeRouter(n_trees, gap_ratio)
+        self.router = TreeRouter(self.hparams.n_trees, self.hparams.gap_ratio)
         self.experts = nn.ModuleList()
         self.metrics = nn.ModuleDict({s: self._make_task(1).metrics() for s in ("val", "test")})
         self._routed: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
         self._reset_selection(0)
 
-    # ----- building -----
     def _make_task(self, dim: int) -> Task:
         if self._task_factory is not None:
             return self._task_factory(dim, self.targets)
