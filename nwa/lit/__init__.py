@@ -32,6 +32,9 @@ class WeightModule(L.LightningModule):
         scheduler: ``none`` or ``cosine`` (annealed over ``trainer.max_epochs``).
     """
 
+    # WeightModule arguments a subclass does not use, left out of its hyperparameters
+    not_hparams: tuple[str, ...] = ()
+
     def __init__(
         self,
         encoder: EncoderFactory,
@@ -51,7 +54,9 @@ class WeightModule(L.LightningModule):
         # Plain containers only, so checkpoints load with torch.load(weights_only=True). Called
         # from here, Lightning also records the arguments of every subclass __init__ that
         # reaches this one through super().__init__.
-        self.save_hyperparameters(ignore=["encoder", "task", "shapes", "targets"])
+        self.save_hyperparameters(
+            ignore=["encoder", "task", "shapes", "targets", *self.not_hparams]
+        )
         self.hparams.update(shapes=asdict(shapes), targets=asdict(targets))
         self.shapes, self.targets = shapes, targets
         self.build(encoder, task)

@@ -126,6 +126,9 @@ class BoostedTreesModule(WeightModule):
         - output: [B, n_outputs] in the task's output space
     """
 
+    # gradient-training settings do not apply to fitted trees
+    not_hparams = ("lr", "weight_decay", "head_hidden", "scheduler")
+
     def __init__(
         self,
         shapes: WeightShapes | None = None,
@@ -139,9 +142,6 @@ class BoostedTreesModule(WeightModule):
         lgbm: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(None, None, shapes, targets)
-        # what WeightModule records for gradient training does not apply to fitted trees
-        for unused in ("lr", "weight_decay", "head_hidden", "scheduler"):
-            self.hparams.pop(unused, None)
 
     def build(self, encoder: None, task: None) -> None:
         """No encoder: the task gives the loss, the metrics and (regression) the target scaler;

@@ -289,8 +289,8 @@ class MixtureOfTreeExperts(WeightModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         clusters = self.route(batch["x"])
         sums, _ = self._expert_losses(self(batch["x"], clusters), batch["y"], clusters)
-        loss = sums.sum() / len(batch["y"])
         n = len(batch["y"])
+        loss = sums.sum() / n
         self.log("train/loss", loss, prog_bar=True, batch_size=n, on_epoch=True, on_step=False)
         return loss
 

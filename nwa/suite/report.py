@@ -120,13 +120,17 @@ def _methods(df: pd.DataFrame, only: Any = None, **where: Any) -> list[str]:
     return [m for m in dict.fromkeys(sel["method"]) if only is None or m in only]
 
 
-def _outputs(out: Path, df: pd.DataFrame, **where: Any) -> list[dict[str, np.ndarray]]:
+def _outputs(
+    out: Path, df: pd.DataFrame, keys: Sequence[str] | None = None, **where: Any
+) -> list[dict[str, np.ndarray]]:
+    """The selected runs' ``outputs.npz`` arrays; only ``keys`` where given (each array of an
+    npz is decompressed on access, so the representations are skipped when not needed)."""
     found = []
     for key in _select(df, **where)["key"]:
         path = out / "runs" / key / OUTPUTS
         if path.is_file():
             with np.load(path, allow_pickle=False) as z:
-                found.append({k: z[k] for k in z.files})
+                found.append({k: z[k] for k in (z.files if keys is None else keys)})
     return found
 
 
@@ -448,6 +452,9 @@ def probex_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
     return lines
 
 
+TREE_KEYS = ("split", "tree", "pred", "target")  # what tree_accuracy reads
+
+
 def tree_accuracy(outputs: dict[str, np.ndarray], tree: str) -> float | None:
     """Element-wise accuracy on ``tree``'s test models of one run's multi-label outputs (the
     decision ``probability > 0.5``, as the logged ``test/acc``)."""
@@ -463,7 +470,7 @@ def _experts_per_tree(out: Path, df: pd.DataFrame, fams: Sequence[str]) -> list[
     rows = []
     for fam in fams:
         runs = {
-            m: _outputs(out, df, task=CLASSES, method=m, subset=f"{fam} trees")
+            m: _outputs(out, df, TREE_KEYS, task=CLASSES, method=m, subset=f"{fam} trees")
             for m in ("ProbeX", "ProbeX experts")
         }
         trees = sorted({str(t) for o in runs["ProbeX experts"] for t in o["tree"]})
