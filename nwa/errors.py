@@ -38,6 +38,17 @@ class UnsafeCheckpointError(WeightsError):
     """A pickled checkpoint asks to run code; it was refused and nothing of it executed."""
 
 
+class UnsupportedWeightsError(WeightsError):
+    """The file is valid but holds what torch cannot represent (e.g. a 6-bit float dtype)."""
+
+
+class HubError(WeightsNotFoundError):
+    """A Hugging Face Hub id could not be resolved: missing, gated, or not cached while offline.
+
+    ``path`` is the id as given (``hf-hub:ORG/NAME[@REVISION]``).
+    """
+
+
 class LayerNotFoundError(WeightsError):
     """A requested layer is absent from a model."""
 

@@ -6,36 +6,61 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from nwa.cli import main
-from nwa.errors import ConfigError
+from nwa.errors import ConfigError, NwaError, WeightsNotFoundError
+from nwa.weights.formats import load_checkpoint
+
+
+def read_checkpoint(ckpt_path: str) -> dict[str, Any]:
+    """A Lightning checkpoint, loaded safely (``weights_only=True``; a pickle that would run code
+    is refused unexecuted), before Lightning itself is handed the path.
+
+    Raises:
+        ConfigError: No such file, not a checkpoint, or a refused pickle (one line).
+    """
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except WeightsNotFoundError:
+        raise ConfigError(f"{ckpt_path}: no such checkpoint") from None
+    except NwaError as e:
+        raise ConfigError(str(e)) from None
+    if not isinstance(ckpt, dict):
+        raise ConfigError(f"{ckpt_path}: not a Lightning checkpoint (holds {type(ckpt).__name__})")
+    return ckpt
 
 
 def config_from_checkpoint(ckpt_path: str) -> str:
     """Write the config stored in a checkpoint to a temporary YAML file; return its path."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    config = ckpt.get("nwa_config")
-    if not config:
-        raise ConfigError(f"{path}: checkpoint holds no nwa config; pass --config")
+    config = read_checkpoint(ckpt_path).get("nwa_config")
+    if not config or not isinstance(config, str):
+        raise ConfigError(f"{Path(ckpt_path)}: checkpoint holds no nwa config; pass --config")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as out:
         out.write(config)
     return out.name
 
 
+def _ckpt_arg(args: list[str]) -> str | None:
+    for i, a in enumerate(args):
+        if a == "--ckpt_path" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--ckpt_path="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def run(args: list[str]) -> None:
-    if "--ckpt_path" in args and not any(
-        a in ("-c", "--config") or a.startswith("--config=") for a in args
-    ):
-        try:
-            args = ["--config", config_from_checkpoint(args[args.index("--ckpt_path") + 1]), *args]
-        except ConfigError as e:
-            print(f"nwa: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+    ckpt = _ckpt_arg(args)
+    has_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in args)
+    try:
+        if ckpt is not None and not has_config:
+            args = ["--config", config_from_checkpoint(ckpt), *args]
+        elif ckpt is not None and ckpt not in ("best", "last"):
+            read_checkpoint(ckpt)  # Lightning's own load of a hostile file ends in a traceback
+    except ConfigError as e:
+        print(f"nwa: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     main("test", args)
 
 

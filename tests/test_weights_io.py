@@ -343,12 +343,13 @@ def _raw_header(path, header: bytes, data: bytes = b"\0" * 16) -> None:
 @pytest.mark.parametrize(
     ("header", "match"),
     [
-        (b"\xff\xfe not json", "not valid JSON"),
+        (b"\xff\xfe not json", "not UTF-8"),
+        (b"{not json}", "not valid JSON"),
         (b"[1, 2, 3]", "not a JSON object"),
         (b'{"__metadata__": [1]}', "__metadata__"),
-        (b'{"t": {"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}}', "malformed"),
+        (b'{"t": {"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}}', "unknown dtype 'F99'"),
         (b'{"t": {"dtype": "F32", "shape": [3], "data_offsets": [0, 4]}}', "does not fit"),
-        (b'{"t": "garbage"}', "malformed"),
+        (b'{"t": "garbage"}', "entry is not a JSON object"),
     ],
 )
 def test_garbage_headers(tmp_path, header, match):

@@ -109,7 +109,8 @@ class AlignModule(WeightModule):
         targets: Linked from the data module (target ``concept``); leave unset.
         text_encoder: ``minilm`` (offline default), ``open_clip:<model>``, ``hf_clip``, or the
             import path of a TextEncoder subclass.
-        text_weights: Local weights for a CLIP text encoder.
+        text_weights: Weights for a CLIP text encoder: a local file or folder, or a Hugging Face
+            Hub id (``hf-hub:ORG/NAME[/SUBFOLDER][@REVISION]``).
         prompt: A concept's text; ``{}`` is replaced by the concept name.
         mode: ``prototype`` (each model against all training concepts) or ``clip`` (in-batch pairs).
         symmetric: Add the text-to-model direction in ``clip`` mode.

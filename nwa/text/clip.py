@@ -1,12 +1,15 @@
-"""CLIP text encoders from a user's local weights (no download happens here).
+"""CLIP text encoders from a user's weights: a local path or a Hugging Face Hub id.
 
-No package ships pretrained CLIP weights offline, so both encoders take a path, and both check at
-construction that the weights exist and fit the architecture, raising
-:class:`~nwa.errors.ConfigError` naming the file otherwise.
+No package ships pretrained CLIP weights offline, so both encoders take a path: a local file or
+folder, or ``hf-hub:ORG/NAME[/SUBFOLDER][@REVISION]`` (a bare ``ORG/NAME`` too, when no such local
+path exists) read from the Hugging Face cache and fetched only when online
+(:mod:`nwa.weights.hub`). Both check at construction that the weights exist and fit the
+architecture, raising :class:`~nwa.errors.ConfigError` naming the file otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -14,7 +17,10 @@ import torch
 
 from nwa.errors import ConfigError, WeightsError
 from nwa.text.encoders import TextEncoder, file_digest, quiet_loading
+from nwa.weights.hub import CONFIG_PATTERNS, DEFAULT_PATTERNS, HubRef, model_path, parse, resolve
 from nwa.weights.io import open_weights
+
+OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 _TEXT_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
 
@@ -42,6 +48,37 @@ def _describe_mismatch(expected: dict[str, torch.Size], found: dict[str, torch.S
     return "; ".join(parts)
 
 
+def _local(spec: str | Path, patterns: tuple[str, ...]) -> Path:
+    """A local path, or a Hub id resolved to one; Hub failures become one ConfigError line."""
+    try:
+        return model_path(spec, patterns)
+    except WeightsError as e:
+        raise ConfigError(str(e)) from None
+
+
+def open_clip_weights(spec: str | Path) -> Path:
+    """The open_clip checkpoint file of a path or Hub id (a folder or repo holding
+    ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``; safetensors preferred).
+
+    Raises:
+        ConfigError: Nothing there, or no open_clip checkpoint in the folder.
+    """
+    path = None
+    for name in OPEN_CLIP_FILES:  # from the Hub, fetch the pickle only when there is no safetensors
+        path = _local(spec, (name, "open_clip_config.json"))
+        if path.is_file() or (path / name).is_file():
+            break
+    assert path is not None
+    if path.is_dir():
+        found = next((path / n for n in OPEN_CLIP_FILES if (path / n).is_file()), None)
+        if found is None:
+            raise ConfigError(f"{path}: no open_clip weights ({' or '.join(OPEN_CLIP_FILES)})")
+        return found
+    if not path.is_file():
+        raise ConfigError(f"{path}: open_clip weights file not found")
+    return path
+
+
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a weights file (safetensors or weights-only torch pickle)."""
     try:
@@ -66,7 +103,8 @@ class OpenCLIPEncoder(TextEncoder):
     Args:
         model_name: An open_clip architecture, e.g. ``ViT-B-32``.
         weights_path: The full CLIP checkpoint (``.safetensors``, or ``.pt``/``.bin`` read with
-            ``weights_only=True``), e.g. ``open_clip_pytorch_model.bin``.
+            ``weights_only=True``), e.g. ``open_clip_pytorch_model.bin``; or a folder or Hub id
+            holding one (``hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K``).
         cache_dir: Folder of the on-disk cache; ``None`` caches in memory only.
         batch_size: Texts per forward pass on a cache miss.
         device: Torch device.
@@ -98,9 +136,7 @@ class OpenCLIPEncoder(TextEncoder):
                 "named pretrained weights cannot be downloaded offline"
             )
         self.model_name = model_name
-        self.weights_path = Path(weights_path).expanduser()
-        if not self.weights_path.is_file():
-            raise ConfigError(f"{self.weights_path}: open_clip weights file not found")
+        self.weights_path = open_clip_weights(weights_path)
         start = time.perf_counter()
         self.model = self._build(open_clip)
         try:
@@ -169,6 +205,18 @@ class OpenCLIPEncoder(TextEncoder):
         return self._states(self.tokenizer(texts).to(self.device))[:, :max_length]
 
 
+def hf_clip_folder(spec: str | Path) -> Path:
+    """A transformers CLIP folder from a path or Hub id; for a Hub subfolder (a pipeline's
+    ``text_encoder``) its sibling ``tokenizer`` folder is fetched as well."""
+    path = _local(spec, DEFAULT_PATTERNS)
+    ref = parse(str(spec)) if str(spec).startswith("hf-hub:") else None
+    if ref is not None and ref.subpath:
+        sibling = "/".join([*ref.subpath.split("/")[:-1], "tokenizer"])
+        with contextlib.suppress(WeightsError):  # tokenizer files may sit in the folder itself
+            resolve(HubRef(ref.repo_id, ref.revision, sibling), CONFIG_PATTERNS)
+    return path
+
+
 class HFCLIPEncoder(TextEncoder):
     """A transformers CLIP text model from a local folder (a CLIP model, or e.g. Stable
     Diffusion's ``text_encoder`` folder with the tokenizer files beside or in ``../tokenizer``).
@@ -177,7 +225,9 @@ class HFCLIPEncoder(TextEncoder):
     (CLIP space), else the pooled output; :meth:`token_states` the last hidden state.
 
     Args:
-        path: The folder (``config.json``, weights, tokenizer files).
+        path: The folder (``config.json``, weights, tokenizer files), or a Hub id such as
+            ``hf-hub:openai/clip-vit-base-patch32`` or ``hf-hub:ORG/SD-PIPELINE/text_encoder``
+            (whose ``tokenizer`` subfolder is fetched too).
         cache_dir: Folder of the on-disk cache; ``None`` caches in memory only.
         batch_size: Texts per forward pass on a cache miss.
         device: Torch device.
@@ -196,8 +246,8 @@ class HFCLIPEncoder(TextEncoder):
         super().__init__(cache_dir, batch_size)
         self._digest: str | None = None
         if path is None:
-            raise ConfigError("hf_clip needs a local model folder (weights=...)")
-        self.path = Path(path).expanduser()
+            raise ConfigError("hf_clip needs a model folder or Hub id (weights=...)")
+        self.path = hf_clip_folder(path)
         if not self.path.is_dir():
             raise ConfigError(f"{self.path}: CLIP model folder not found")
         if not (self.path / "config.json").is_file():

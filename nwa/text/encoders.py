@@ -250,7 +250,8 @@ def build_text_encoder(
     Args:
         name: ``minilm`` (default, offline); ``open_clip:<model>`` such as ``open_clip:ViT-B-32``
             (or a bare open_clip model name); ``hf_clip`` for a transformers CLIP folder.
-        weights: Local weights: a file for open_clip, a folder for ``hf_clip``; unused by minilm.
+        weights: A file for open_clip, a folder for ``hf_clip`` (either may be a Hub id
+            ``hf-hub:ORG/NAME[/SUBFOLDER][@REVISION]``); unused by minilm.
         cache_dir: Folder of the on-disk embedding cache; ``None`` caches in memory only.
         batch_size: Texts per forward pass on a cache miss.
         device: Torch device.

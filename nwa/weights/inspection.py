@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nwa.errors import UnsupportedWeightsError
 from nwa.weights.io import LoraDelta, TensorInfo, WeightSource
 from nwa.weights.spec import LayerSelector, select_layers, to_matrix
 
@@ -117,9 +118,14 @@ def layer_report(source: WeightSource, selector: LayerSelector) -> list[LayerRep
     for name in names:
         t = source.get(name)
         m = to_matrix(t)
-        reports.append(
-            LayerReport(name, tuple(t.shape), (m.shape[0], m.shape[1]), t.dtype, tensor_stats(m))
-        )
+        try:
+            stats = tensor_stats(m)
+        except (RuntimeError, TypeError) as e:  # dtypes torch cannot widen (e.g. float4 pairs)
+            first = (str(e).strip().splitlines() or [""])[0][:120]
+            raise UnsupportedWeightsError(
+                source.path, f"no statistics for dtype {dtype_name(t.dtype)} ({first})", name
+            ) from None
+        reports.append(LayerReport(name, tuple(t.shape), (m.shape[0], m.shape[1]), t.dtype, stats))
     return reports
 
 

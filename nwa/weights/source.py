@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from nwa.errors import LayerNotFoundError, ShapeMismatchError
+from nwa.errors import LayerNotFoundError, ShapeMismatchError, UnsupportedWeightsError
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class WeightSource(ABC):
             ``out``.
         """
         self._check_out(name, out)
-        return out.copy_(self._read(name))
+        return convert_into(out, self._read(name), self.path, name)
 
     def _check_out(self, name: str, out: torch.Tensor) -> TensorInfo:
         info = self.info(name)
@@ -107,3 +107,18 @@ class WeightSource(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def convert_into(out: torch.Tensor, value: torch.Tensor, path: Path, name: str) -> torch.Tensor:
+    """``out.copy_(value)``, or one line when torch has no such conversion (e.g. from float4).
+
+    Raises:
+        UnsupportedWeightsError: Torch cannot convert ``value``'s dtype to ``out``'s.
+    """
+    try:
+        return out.copy_(value)
+    except (RuntimeError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UnsupportedWeightsError(
+            path, f"torch cannot convert {value.dtype} to {out.dtype} ({first})", tensor=name
+        ) from None
