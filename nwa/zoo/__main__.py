@@ -116,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     except NwaError as e:
         print(f"nwa: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. a read-only NWA_HOME or --out: files are written atomically
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"nwa: {where}{e.strerror or e} (set NWA_HOME or --out to a writable folder)",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("nwa: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

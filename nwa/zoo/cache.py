@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from nwa.errors import ConfigError
+from nwa.files import writable_folder
 from nwa.zoo.build import build, cpu_cores, file_lock, zoo_dir
 from nwa.zoo.manifest import try_open
 from nwa.zoo.plan import load_config
@@ -35,12 +36,18 @@ def ensure_zoo(
         home: Cache root instead of ``$NWA_HOME``.
 
     Raises:
-        ConfigError: Bad config (before any training).
+        ConfigError: Bad config, or a cache folder that cannot be written (before any training).
     """
     cfg = load_config(config)
     out = zoo_dir(cfg, home)
     if _ready(out, cfg.digest()):
         return out
+    why = writable_folder(out.parent)
+    if why is not None:
+        raise ConfigError(
+            f"{out.parent}: cannot build zoo {cfg.name!r} here ({why}); "
+            "set NWA_HOME to a writable folder"
+        )
     with file_lock(out.parent / f".{out.name}.lock"):
         if not _ready(out, cfg.digest()):
             log.info("building zoo %s into %s (first use)", cfg.name, out)

@@ -84,7 +84,7 @@ def root_distances(
         if len(trees) < 2:
             continue
         own_d, other_d, closer = [], [], 0
-        sources = {t: open_weights(zoo.root / zoo.meta.trees[t]["path"]) for t in trees}
+        sources = {t: open_weights(zoo.root_path(t), within=zoo.real_root()) for t in trees}
         quota = max(1, min(per_tree, max_members // len(trees)))
         chosen = trees[:: -(-len(trees) // max_members)]
         members, pairs = [], []

@@ -28,6 +28,17 @@ from safetensors.torch import save_file
 from nwa.atomic import atomic_path, atomic_write_text
 from nwa.errors import NwaError, ZooError
 from nwa.weights.io import LoraDelta, WeightSource, open_weights
+from nwa.zoo.validation import (
+    ZooPaths,
+    as_dict,
+    as_indices,
+    as_name,
+    as_number,
+    as_optional_text,
+    check_meta,
+    read_json,
+    read_manifest,
+)
 
 FORMAT = "nwa-zoo/1"
 SPLITS = ("train", "val", "test", "val_holdout", "test_holdout")
@@ -50,6 +61,18 @@ COLUMNS: dict[str, str] = {
 }
 _FLOATS = ("train_acc", "val_acc", "test_acc", "gen_gap", "robustness")
 _JSON_COLS = ("hparams", "labels")
+_CELLS = {
+    "id": as_name,
+    "path": as_name,
+    "tree": as_optional_text,
+    "parent": as_optional_text,
+    "arch": as_name,
+    "split": as_name,
+    "classes": as_indices,
+    "concept": as_optional_text,
+    "hparams": as_dict,
+    "labels": as_dict,
+} | dict.fromkeys(_FLOATS, as_number)
 TABLE = "models.parquet"
 META = "zoo.json"
 
@@ -90,6 +113,7 @@ class ZooMeta:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ZooError(f"{where}: unknown metadata keys {unknown}")
+        check_meta(d, where)
         if d.get("format", FORMAT) != FORMAT:
             raise ZooError(f"{where}: format {d.get('format')!r} is not {FORMAT!r}")
         return cls(**d)
@@ -145,24 +169,13 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise ZooError(f"{path}: manifest table is missing") from None
-    except Exception as e:
-        raise ZooError(
-            f"{path}: not a readable Parquet table ({e.__class__.__name__}: {e})"
-        ) from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise ZooError(f"{path}: manifest lacks columns {missing}")
-    for c in _JSON_COLS:
-        try:
-            frame[c] = [json.loads(v) if isinstance(v, str) else dict(v or {}) for v in frame[c]]
-        except json.JSONDecodeError:
-            raise ZooError(f"{path}: column {c!r} holds invalid JSON") from None
-    frame["classes"] = [[int(x) for x in v] for v in frame["classes"]]
-    return frame
+    """Read and check the manifest table; every bad cell is one line naming its row.
+
+    Raises:
+        ZooError: Missing or unreadable file, missing columns, no rows, or a cell of the wrong
+            type (e.g. ``classes`` stored as a string, an accuracy stored as text).
+    """
+    return read_manifest(path, list(COLUMNS), _CELLS)
 
 
 class Zoo:
@@ -171,11 +184,19 @@ class Zoo:
     Open a directory with :meth:`open`. Adapters for public layouts build a ``Zoo`` directly with
     their own ``opener``, so everything downstream sees one API.
 
+    Every path the manifest names (rows' ``path``, trees' root ``path``) stays inside ``root``,
+    symlinks included: anything else is one :class:`ZooError` line naming the row. A file outside
+    the zoo is read only when an adapter maps it explicitly, by model id, in ``external``.
+
     Args:
         meta: Zoo-level metadata.
         table: The manifest, one row per model (see :data:`COLUMNS`).
         root: Folder the rows' paths are relative to.
-        opener: ``(zoo, row) -> WeightSource``; defaults to :func:`open_weights` on the row's path.
+        opener: ``(zoo, row) -> WeightSource``; defaults to :func:`open_weights` on
+            :meth:`path_of` the row.
+        external: Model id -> a weight file or folder outside ``root`` that an adapter maps on
+            the user's explicit request (e.g. models resolved from the Hugging Face cache);
+            :meth:`path_of` returns it instead of resolving the row's ``path``.
     """
 
     def __init__(
@@ -184,11 +205,14 @@ class Zoo:
         table: pd.DataFrame,
         root: str | Path,
         opener: Callable[[Zoo, pd.Series], WeightSource] | None = None,
+        external: Mapping[str, str | Path] | None = None,
     ) -> None:
         self.meta = meta
         self.table = table.reset_index(drop=True)
         self.root = Path(root)
         self._opener = opener
+        self.external = {str(k): Path(v) for k, v in (external or {}).items()}
+        self._paths = ZooPaths(self.root)
         self._by_id = {mid: i for i, mid in enumerate(self.table["id"])}
         self._lora: dict[str, bool] = {}
 
@@ -204,17 +228,14 @@ class Zoo:
         if not root.is_dir():
             raise ZooError(f"{root}: no such zoo directory")
         meta_path = root / META
-        if not meta_path.is_file():
+        if not meta_path.exists():
             hint = (
                 " (a build may still be running: finish it or run `python -m nwa.zoo build` again)"
                 if (root / "rows").is_dir()
                 else ""
             )
             raise ZooError(f"{meta_path}: zoo metadata is missing{hint}")
-        try:
-            meta = ZooMeta.from_dict(json.loads(meta_path.read_text()), meta_path)
-        except json.JSONDecodeError as e:
-            raise ZooError(f"{meta_path}: invalid JSON ({e})") from None
+        meta = ZooMeta.from_dict(read_json(meta_path), meta_path)
         table = read_table(root / TABLE)
         zoo = cls(meta, table, root)
         zoo.validate(check_files=check_files)
@@ -244,8 +265,12 @@ class Zoo:
         for mid, classes in zip(t["id"], t["classes"]):
             if classes and (min(classes) < 0 or max(classes) >= n_cls):
                 raise ZooError(f"{where}: model {mid} has class indices outside 0..{n_cls - 1}")
+        for tree in self.meta.trees:
+            if self.meta.trees[tree].get("path") is not None:
+                self.root_path(tree)
+        full = [self.path_of(row) for row in self.table[["id", "path"]].to_dict("records")]
         if check_files and self._opener is None:
-            missing = [p for p in t["path"] if not (self.root / p).exists()]
+            missing = [str(p.relative_to(self.root)) for p in full if not p.exists()]
             if missing:
                 raise ZooError(
                     f"{self.root}: {len(missing)} weight files are missing, e.g. {missing[:3]}"
@@ -253,6 +278,15 @@ class Zoo:
 
     def _roots(self) -> set[str]:
         return {str(tree.get("root", "")) for tree in self.meta.trees.values()}
+
+    def real_root(self) -> Path:
+        """The zoo folder's real location (symlinks resolved): what every file read must lie in."""
+        return self._paths.real_root()
+
+    def root_path(self, tree: str) -> Path:
+        """The stored root model of ``tree`` (its ``path`` in ``zoo.json``), inside the zoo."""
+        where = f"{self.root / META}: tree {tree!r} root"
+        return self._paths.resolve(self.meta.trees[tree].get("path"), where)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -267,8 +301,24 @@ class Zoo:
             raise ZooError(f"{self.root}: no model with id {model_id!r}") from None
 
     def path_of(self, model: str | Mapping[str, Any]) -> Path:
+        """Where a model's weights are: its row's ``path`` inside the zoo folder, or the file an
+        adapter mapped for its id.
+
+        Raises:
+            ZooError: The path is absolute, climbs out with ``..``, or resolves (through a
+                symlink) outside the zoo folder; the message names the row and its id.
+        """
         row = self.row(model) if isinstance(model, str) else model
-        return self.root / row["path"]
+        if self.external:
+            mapped = self.external.get(str(row["id"]))
+            if mapped is not None:
+                return mapped
+        rel = row["path"]
+        if self._paths.known(rel):  # the hot path: each path is checked once per zoo
+            return self.root / rel
+        number = self._by_id.get(row["id"], "?")
+        where = f"{self.root / TABLE}: row {number} (id {row['id']!r})"
+        return self._paths.resolve(rel, where)
 
     def open_model(self, model: str | Mapping[str, Any]) -> WeightSource:
         """Open one model's weights lazily (nothing is read until a tensor is asked for).
@@ -280,12 +330,14 @@ class Zoo:
             return self._opener(self, row)
         # Whether the files hold LoRA factors is decided once per architecture, so opening a
         # member on a hot path does not parse its header just to detect that.
-        arch = row["arch"]
+        arch, path = row["arch"], self.path_of(row)
+        # A folder's files (a sharded model, a LoRA folder) must stay inside the zoo too.
+        within = None if self.external and str(row["id"]) in self.external else self.real_root()
         if arch not in self._lora:
-            source = open_weights(self.root / row["path"])
+            source = open_weights(path, within=within)
             self._lora[arch] = isinstance(source, LoraDelta)
             return source
-        return open_weights(self.root / row["path"], lora=self._lora[arch])
+        return open_weights(path, lora=self._lora[arch], within=within)
 
     def split(self, *names: str) -> pd.DataFrame:
         """The rows in the given splits."""

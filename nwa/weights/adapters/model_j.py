@@ -41,7 +41,8 @@ from nwa.weights.adapters.records import (
     parse_split,
     used_columns,
 )
-from nwa.weights.io import WeightSource, open_weights, read_safetensors_header
+from nwa.weights.hub import HubRef, resolve
+from nwa.weights.io import WeightSource, cache_snapshot, open_weights, read_safetensors_header
 from nwa.zoo.manifest import SPLITS, Zoo, ZooMeta
 
 ID_COLUMNS = ("model_id", "repo_id", "hf_model_id", "hf_repo_id", "model", "model_name", "id")
@@ -72,17 +73,22 @@ def _hf_cache_entries(root: Path) -> list[tuple[str, Path, str | None]]:
 
 def _snapshot_weights(folder: Path) -> Path:
     """``models--ORG--NAME`` -> ``snapshots/<refs/main>/model.safetensors`` (or the sharded folder)."""
-    ref = folder / "refs" / "main"
-    if not ref.is_file():
+    try:
+        snap = cache_snapshot(folder)
+    except NwaError as e:
+        raise ZooError(str(e)) from None
+    if snap is None:
         raise ZooError(f"{folder}: no refs/main; not a complete Hugging Face cache entry")
-    snap = folder / "snapshots" / ref.read_text().strip()
+    return _model_file(snap, folder)
+
+
+def _model_file(snap: Path, folder: Path | str) -> Path:
+    """The weights in a snapshot folder: ``model.safetensors``, or the folder when sharded."""
     if (snap / "model.safetensors").is_file():
         return snap / "model.safetensors"
     if snap.is_dir() and any(snap.glob("*.safetensors.index.json")):
         return snap
-    raise ZooError(
-        f"{folder}: refs/main points at {snap.relative_to(folder)}, which has no model.safetensors"
-    )
+    raise ZooError(f"{folder}: snapshot {snap.name} has no model.safetensors (nor shards)")
 
 
 def _index_records(frame: pd.DataFrame, where: Path) -> dict[str, dict[str, Any]]:
@@ -176,7 +182,8 @@ def _discriminative_row(
 
 
 def _open_raw(zoo: Zoo, row: Mapping[str, Any]) -> WeightSource:
-    return open_weights(zoo.root / row["path"], lora=False)
+    external = str(row["id"]) in zoo.external
+    return open_weights(zoo.path_of(row), lora=False, within=None if external else zoo.real_root())
 
 
 def open_model_j(
@@ -187,8 +194,15 @@ def open_model_j(
     arch: str | None = None,
     name: str | None = None,
     skip_incomplete: bool = False,
+    hub: bool = False,
 ) -> Zoo:
     """Read a Model-J discriminative subset from its Hugging Face cache folders.
+
+    With ``hub=True``, models the metadata table lists but ``root`` lacks are read from the
+    Hugging Face cache (``HF_HUB_CACHE``; fetched when online) as ``hf-hub:<model id>``. Those
+    are the only files read from outside ``root``: the zoo maps each one explicitly
+    (:attr:`~nwa.zoo.manifest.Zoo.external`), its ``path`` says ``hf-hub:ORG/NAME@<commit>``,
+    and ``zoo.meta.build["hub_models"]`` counts them.
 
     Args:
         root: Folder holding ``models--ORG--NAME`` entries, directly or in split folders.
@@ -199,21 +213,24 @@ def open_model_j(
         arch: Architecture name for every row (default: an ``arch`` column, else "model_j").
         name: Zoo name (default: ``model_j:<root folder name>``).
         skip_incomplete: Skip cache entries whose snapshot is missing instead of failing.
+        hub: Resolve the table's models that ``root`` lacks through the Hugging Face cache.
 
     Raises:
         ZooError: No cache entries, a missing required column or value (the message names the
             file and column), or a broken cache entry.
+        HubError: With ``hub``, a listed model that is neither cached nor downloadable.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ZooError(f"{root}: no such folder")
     entries = _hf_cache_entries(root)
-    if not entries:
-        raise ZooError(f"{root}: no Hugging Face cache entries (models--ORG--NAME) found")
     frame, table_path = find_metadata_table(root, metadata)
     records = _index_records(frame, table_path) if frame is not None else {}
+    if not entries and not (hub and records):
+        raise ZooError(f"{root}: no Hugging Face cache entries (models--ORG--NAME) found")
     ctx = {"root": root, "table": table_path, "arch": arch}
-    rows, skipped = [], []
+    rows, external = _hub_rows(records, {e[0] for e in entries}, ctx) if hub else ([], {})
+    skipped = []
     for repo_id, folder, dir_split in entries:
         try:
             weights = _snapshot_weights(folder)
@@ -238,6 +255,7 @@ def open_model_j(
     build |= {
         "skipped_incomplete": skipped,
         "table_rows_without_weights": len(set(records) - {r["id"] for r in rows}),
+        "hub_models": len(external),
     }
     meta = ZooMeta(
         name=name or f"model_j:{root.name}",
@@ -246,4 +264,20 @@ def open_model_j(
         label_schema={"classes": "multilabel"},
         build=build,
     )
-    return build_zoo(rows, meta, root, _open_raw)
+    return build_zoo(rows, meta, root, _open_raw, external)
+
+
+def _hub_rows(
+    records: dict[str, dict[str, Any]], local: set[str], ctx: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """Rows for the table's models absent from ``root``, resolved through the Hub cache, and
+    the explicit mapping of their ids to the files outside the zoo folder."""
+    rows, external = [], {}
+    for repo_id in sorted(set(records) - local):
+        snap = resolve(HubRef(repo_id), patterns=("*.safetensors", "*.safetensors.index.json"))
+        weights = _model_file(snap, f"hf-hub:{repo_id}")
+        row = _discriminative_row(repo_id, weights, records[repo_id], None, ctx)
+        row["path"] = f"hf-hub:{repo_id}@{snap.name}"
+        external[repo_id] = weights
+        rows.append(row)
+    return rows, external

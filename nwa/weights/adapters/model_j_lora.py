@@ -55,7 +55,7 @@ KEY_COLUMNS = ("model_idx", "model_id", "model", "model_dir", "folder", "path", 
 
 
 def _open_lora(zoo: Zoo, row: Mapping[str, Any]) -> WeightSource:
-    return open_weights(zoo.root / row["path"], lora=True)
+    return open_weights(zoo.path_of(row), lora=True, within=zoo.real_root())
 
 
 def _model_key(value: Any) -> Any:

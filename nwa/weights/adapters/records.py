@@ -241,10 +241,12 @@ def build_zoo(
     meta: ZooMeta,
     root: Path,
     opener: Callable[[Zoo, pd.Series], WeightSource],
+    external: dict[str, Path] | None = None,
 ) -> Zoo:
     """Normalize rows into the manifest, validate it, and record each arch's tensor layout.
 
     Accuracy columns with any known value are added to ``meta.label_schema`` as regression.
+    ``external`` maps model ids to files outside ``root`` (see :class:`~nwa.zoo.manifest.Zoo`).
 
     Raises:
         ZooError: A row breaks the schema, or the first model of an arch cannot be read.
@@ -256,7 +258,7 @@ def build_zoo(
     meta.label_schema |= {k: "regression" for k in ACC_COLUMNS if table[k].notna().any()}
     if {"train_acc", "test_acc"} <= meta.label_schema.keys():
         meta.label_schema["gen_gap"] = "regression"
-    zoo = Zoo(meta, table, root, opener=opener)
+    zoo = Zoo(meta, table, root, opener=opener, external=external)
     zoo.validate(check_files=False)
     # One header per architecture gives the layout order that index-based layer selection uses.
     for arch, model_id in {r["arch"]: r["id"] for r in reversed(rows)}.items():

@@ -44,6 +44,7 @@ from nwa.weights.adapters.records import (
 )
 from nwa.weights.io import TensorInfo, WeightSource
 from nwa.zoo.manifest import Zoo, ZooMeta
+from nwa.zoo.validation import ZooPaths
 
 ARCH = "small_cnn"
 WEIGHTS = "weights.npy"
@@ -226,6 +227,9 @@ def _select_rows(metrics, step: int | str | None, where: Path) -> np.ndarray:
 
 def _read_sources(root: Path) -> tuple[SmallCNNOpener, Any, Path]:
     """The opener (layout + mapped weights) and the metrics table, checked against each other."""
+    paths = ZooPaths(root)  # the three files must really be in the folder, not linked from afar
+    for name in (WEIGHTS, LAYOUT, *METRICS):
+        paths.resolve(name, str(root))
     for needed in (WEIGHTS, LAYOUT):
         if not (root / needed).is_file():
             raise ZooError(
