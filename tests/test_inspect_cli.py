@@ -200,3 +200,18 @@ def test_tensor_stats_ignores_nonfinite():
 def test_parse_selector():
     assert parse_selector("3") == 3 and parse_selector("-2") == -2
     assert parse_selector("blocks.3") == "blocks.3" and parse_selector("re:\\d+") == "re:\\d+"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_fifo_or_device_is_refused_without_hanging(tmp_path, capsys, kind):
+    """``open()`` on a FIFO waits for a writer forever; a device never ends."""
+    path = tmp_path / "x.safetensors"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    assert main(["inspect", str(path)]) == 1
+    out, err = capsys.readouterr()
+    what = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+    assert out == "" and err == f"nwa: {path}: is {what}, not a regular file\n"

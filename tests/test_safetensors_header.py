@@ -297,7 +297,7 @@ HOSTILE = {
     ),
     "huge integer": (
         '{"w": {"dtype": "U8", "shape": [' + "9" * 5000 + '], "data_offsets": [0, 4]}}',
-        "not valid JSON",
+        "an integer too long to parse",
     ),
     "unknown dtype": (
         {"w": {"dtype": "Q7", "shape": [4], "data_offsets": [0, 4]}},

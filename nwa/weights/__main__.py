@@ -3,6 +3,8 @@
 Commands:
     inspect PATH [--layer SEL]   list tensors from the header; statistics of chosen layers
 
+PATH may be a Hugging Face Hub id: ``hf-hub:ORG/NAME[/SUBFOLDER][@REVISION]``.
+
 Any error a user can cause (missing or corrupt file, refused pickle, unknown layer) ends the
 program with status 1 and one line ``nwa: <reason>`` on stderr, never a traceback.
 """
@@ -43,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "path",
         help="a .safetensors or .pt/.pth/.bin file, a Hugging Face folder or cache entry, "
-        "or a LoRA adapter",
+        "a LoRA adapter, or a Hub id hf-hub:ORG/NAME[/SUBFOLDER][@REVISION] (or a bare "
+        "ORG/NAME when no such local path exists) read from the Hugging Face cache "
+        "(HF_HOME, HF_HUB_CACHE; fetched unless HF_HUB_OFFLINE=1)",
     )
     inspect.add_argument(
         "--layer",

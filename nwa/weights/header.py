@@ -188,8 +188,10 @@ def _load_json(raw: bytes) -> dict[str, Any]:
         raise HeaderError("header is not UTF-8 text") from None
     except RecursionError:
         raise HeaderError("header nests JSON arrays or objects too deeply") from None
-    except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
+    except json.JSONDecodeError as e:
         raise HeaderError(f"header is not valid JSON ({str(e).splitlines()[0][:120]})") from None
+    except ValueError:  # Python refuses to parse integers of more than 4300 digits
+        raise HeaderError("header holds an integer too long to parse") from None
     if not isinstance(header, dict):
         raise HeaderError("header is not a JSON object")
     return header

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import torch
 
 from nwa.errors import CorruptWeightsError, LayerNotFoundError
+from nwa.files import read_regular
 from nwa.weights.source import TensorInfo, WeightSource
 
 _LORA_PATTERNS = (
@@ -94,9 +95,9 @@ class LoraDelta(WeightSource):
         cfg = folder / "adapter_config.json"
         if cfg.is_file():
             try:
-                return float(json.loads(cfg.read_text())["lora_alpha"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                return None
+                return float(json.loads(read_regular(cfg, 1 << 20))["lora_alpha"])
+            except (OSError, KeyError, TypeError, ValueError, OverflowError, RecursionError):
+                return None  # no usable alpha: the factors are taken as they are
         return None
 
     def infos(self) -> Mapping[str, TensorInfo]:

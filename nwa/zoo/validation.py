@@ -253,7 +253,8 @@ class ZooPaths:
         if ".." in pure.parts:
             raise ZooError(f"{where}: path {rel!r} climbs out of the zoo folder with '..'")
         full = self.root / rel
-        self._inside(self._real_dir(str(full.parent)), rel, where)
+        real_parent = self._real_dir(str(full.parent))
+        self._inside(real_parent, rel, where, shown=os.path.join(real_parent, full.name))
         if os.path.islink(full):
             self._inside(os.path.realpath(full), rel, where)
         self._checked.add(rel)
@@ -265,11 +266,11 @@ class ZooPaths:
             real = self._real_dirs[folder] = os.path.realpath(folder)
         return real
 
-    def _inside(self, real: str, rel: str, where: str) -> None:
+    def _inside(self, real: str, rel: str, where: str, shown: str | None = None) -> None:
         self.real_root()
         if real != self._real_root and not real.startswith(self._real_root.rstrip(os.sep) + os.sep):
             raise ZooError(
-                f"{where}: path {rel!r} resolves to {real}, outside the zoo folder "
+                f"{where}: path {rel!r} resolves to {shown or real}, outside the zoo folder "
                 f"{self._real_root} (a symlink out of the zoo)"
             )
 

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from nwa.errors import ZooError
+from nwa.files import read_regular
 from nwa.weights.adapters.records import (
     BASE_COLUMNS,
     SPLIT_COLUMNS,
@@ -82,9 +83,10 @@ def _folder_json(folder: Path) -> dict[str, Any]:
         if path.name == "adapter_config.json":
             continue
         try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ZooError(f"{path}: invalid JSON ({e})") from None
+            data = json.loads(read_regular(path, 64 << 20))
+        except (OSError, ValueError, RecursionError) as e:  # a FIFO, bad JSON, deep nesting
+            first = (str(e) or type(e).__name__).splitlines()[0][:120]
+            raise ZooError(f"{path}: not a readable JSON file ({first})") from None
         if isinstance(data, dict) and lookup(data, CONCEPT_COLUMNS) is not None:
             return data
     return {}
