@@ -202,18 +202,24 @@ def test_gated_and_missing_repos_online_are_one_line(monkeypatch):
         assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
-def _inspect(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+def _inspect(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "nwa.weights", "inspect", *args],
         cwd=REPO,
         env=base | {"PYTHONPATH": str(REPO)} | env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
     )
 
 
+def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.slow
 def test_inspect_cli_reads_the_cache_offline(cache, tmp_path):
     """The real environment variables: HF_HUB_CACHE, then HF_HOME (cache in $HF_HOME/hub)."""
     home = tmp_path / "hf_home"
@@ -230,7 +236,8 @@ def test_inspect_cli_reads_the_cache_offline(cache, tmp_path):
         "missing": _inspect(
             ["hf-hub:org/absent"], {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache["root"])}
         ),
-    }
+    }  # three processes at once: each pays torch's import time
+    runs = {name: _finish(proc) for name, proc in runs.items()}
     r = runs["cache"]
     assert r.returncode == 0, r.stderr
     assert "embed.weight" in r.stdout and "[4, 3]" in r.stdout and "head.weight" in r.stdout

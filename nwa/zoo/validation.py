@@ -217,12 +217,6 @@ class ZooPaths:
         self._real_dirs: dict[str, str] = {}
         self._checked: set[str] = set()
 
-    def __getstate__(self) -> dict[str, Any]:  # sent to data-loader workers: drop the caches
-        return {"root": self.root, "_real_root": None, "_real_root_path": None} | {
-            "_real_dirs": {},
-            "_checked": set(),
-        }
-
     def known(self, rel: Any) -> bool:
         """Whether ``rel`` was checked already (then ``root / rel`` is safe to use)."""
         return isinstance(rel, str) and rel in self._checked
