@@ -249,3 +249,29 @@ def test_inspect_cli_reads_the_cache_offline(cache, tmp_path):
         "nwa: hf-hub:org/absent: not in the Hugging Face cache"
     )
     assert "Traceback" not in r.stderr
+
+
+def test_patterns_sent_to_the_hub(monkeypatch, tmp_path):
+    """What resolve asks snapshot_download for: a model's top level by default (pickles only
+    when there are no safetensors), a caller's patterns as given, one file for a file id."""
+    calls = []
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "file.bin").write_bytes(b"")
+
+    def fake(repo_id, revision=None, allow_patterns=None, ignore_patterns=None):
+        calls.append((repo_id, revision, allow_patterns, ignore_patterns))
+        return str(tmp_path)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake)
+    hub.resolve("hf-hub:org/m@v2")
+    assert calls[0] == ("org/m", "v2", [*hub.DEFAULT_PATTERNS], ["*/*"])
+    assert calls[1][2] == [*hub.PICKLE_PATTERNS]  # tmp_path holds no safetensors
+    calls.clear()
+    hub.resolve("hf-hub:org/pipe", patterns=["unet/*.safetensors", "*.json"])
+    assert calls == [("org/pipe", None, ["unet/*.safetensors", "*.json"], [])]
+    calls.clear()
+    hub.resolve("hf-hub:org/pipe/sub", patterns=["*.safetensors"])
+    assert calls == [("org/pipe", None, ["sub/*.safetensors"], [])]
+    calls.clear()
+    hub.resolve("hf-hub:org/m/file.bin")
+    assert calls == [("org/m", None, ["file.bin"], [])]

@@ -90,9 +90,11 @@ def resolve(spec: str | HubRef, patterns: tuple[str, ...] | list[str] | None = N
 
     Args:
         spec: ``hf-hub:ORG/NAME[/SUBFOLDER][@REVISION]``, or a :class:`HubRef`.
-        patterns: File patterns to fetch, relative to the subfolder and limited to its top level
-            (default :data:`DEFAULT_PATTERNS`; a repo without safetensors then also gets
-            :data:`PICKLE_PATTERNS`). When the id names a file, that file alone.
+        patterns: File patterns to fetch (``fnmatch``: ``*`` also matches ``/``), relative to
+            the subfolder; e.g. ``["unet/*.safetensors", "*.json"]`` for part of a pipeline.
+            Default: :data:`DEFAULT_PATTERNS` at the top level of the repo or subfolder only,
+            then :data:`PICKLE_PATTERNS` there when it holds no safetensors. When the id names
+            a file, that file alone.
 
     Returns:
         The snapshot folder (or the subfolder or file inside it) in the Hugging Face cache.
@@ -107,11 +109,13 @@ def resolve(spec: str | HubRef, patterns: tuple[str, ...] | list[str] | None = N
         folder = _download(ref, [sub], [])
     else:
         prefix = f"{sub}/" if sub else ""
-        chosen = list(DEFAULT_PATTERNS if patterns is None else patterns)
-        allow = [prefix + p for p in chosen]
-        folder = _download(ref, allow, [prefix + "*/*"])
-        if patterns is None and not _has_weights(folder / sub):
-            folder = _download(ref, [prefix + p for p in PICKLE_PATTERNS], [prefix + "*/*"])
+        if patterns is None:  # a model's own files: the top level of the repo or subfolder
+            top = [prefix + "*/*"]
+            folder = _download(ref, [prefix + p for p in DEFAULT_PATTERNS], top)
+            if not _has_weights(folder / sub):
+                folder = _download(ref, [prefix + p for p in PICKLE_PATTERNS], top)
+        else:  # the caller's patterns, e.g. a pipeline's "unet/*.safetensors"
+            folder = _download(ref, [prefix + p for p in patterns], [])
     path = folder / sub if sub else folder
     if not path.exists():
         raise HubError(str(ref), f"{sub!r} is not in the repo's snapshot {folder}")

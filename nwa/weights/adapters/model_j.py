@@ -49,6 +49,7 @@ ID_COLUMNS = ("model_id", "repo_id", "hf_model_id", "hf_repo_id", "model", "mode
 URL_COLUMNS = ("hf_model_url", "model_url", "url")
 TARGET_COLUMNS = ("dataset_chosen_targets", "chosen_targets", "training_classes", "classes")
 ARCH_COLUMNS = ("arch", "architecture", "model_type")
+_HUB_FILES = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json")
 
 
 def _repo_id(value: Any) -> str:
@@ -274,7 +275,7 @@ def _hub_rows(
     the explicit mapping of their ids to the files outside the zoo folder."""
     rows, external = [], {}
     for repo_id in sorted(set(records) - local):
-        snap = resolve(HubRef(repo_id), patterns=("*.safetensors", "*.safetensors.index.json"))
+        snap = resolve(HubRef(repo_id), patterns=_HUB_FILES)
         weights = _model_file(snap, f"hf-hub:{repo_id}")
         row = _discriminative_row(repo_id, weights, records[repo_id], None, ctx)
         row["path"] = f"hf-hub:{repo_id}@{snap.name}"
