@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -116,9 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     except NwaError as e:
         print(f"nwa: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("nwa: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(
+            f"nwa: interrupted ({signal.Signals(signum).name}); run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 128 + signum
     return 0
 
 
