@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +24,7 @@ from nwa.zoo.claims import Claims, create_exclusive
 from nwa.zoo.info import describe, root_distances
 from nwa.zoo.manifest import Zoo
 from nwa.zoo.plan import load_config, make_plan
+from nwa.zoo.report import file_hashes
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARE = [
@@ -51,16 +52,6 @@ def _table(path: Path) -> pd.DataFrame:
 
 def _mtimes(path: Path) -> dict[str, int]:
     return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in path.glob("*/*.safetensors")}
-
-
-def _hashes(path: Path) -> dict[str, str]:
-    """SHA-256 of every file a build leaves: weights, roots, rows, and the finished manifest."""
-    keep = ("weights", "roots", "rows", "zoo.json", "models.parquet")
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.relative_to(path).parts[0] in keep
-    }
 
 
 def _cli(config: Path | str, out: Path, *args: str) -> list[str]:
@@ -155,6 +146,7 @@ def test_ensure_zoo_reuses_the_cache(tiny_vision_zoo: Path, tiny_vision_config: 
     assert (tiny_vision_zoo / "models.parquet").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_killed_build_resumes_to_the_same_files(
     tiny_vision_zoo: Path, tiny_vision_config: dict, tmp_path: Path
 ) -> None:
@@ -172,7 +164,7 @@ def test_killed_build_resumes_to_the_same_files(
     result = build(config, out, threads=1)
     assert sorted(result.trained) == sorted(left)
     assert {k: v for k, v in _mtimes(out).items() if k in before} == before
-    assert _hashes(out) == _hashes(tiny_vision_zoo)
+    assert file_hashes(out) == file_hashes(tiny_vision_zoo)
     assert max(_trainings(out).values()) == 1
     assert not list((out / "build" / "claims").iterdir())
 
@@ -185,10 +177,10 @@ def test_killed_shard_of_tiny_matches_the_two_worker_build(tiny_zoo: Path, tmp_p
     _run_killed(_cli("tiny", out, "--workers", "1", "--shard", "6/8"), kill_after=4)
     result = build("tiny", out, shard="6/8", threads=1)
     assert result.trained and result.zoo is None
-    mine = _hashes(out)
+    mine = file_hashes(out)
     assert {p.split("/")[0] for p in mine} == {"roots", "weights", "rows"}
     assert any("lora" in p for p in mine) and any("vit" in p for p in mine)
-    assert mine == {k: v for k, v in _hashes(tiny_zoo).items() if k in mine}
+    assert mine == {k: v for k, v in file_hashes(tiny_zoo).items() if k in mine}
 
 
 def test_shards_then_merge_equal_the_full_build(
@@ -205,6 +197,7 @@ def test_shards_then_merge_equal_the_full_build(
     assert last.zoo is not None and not set(first.trained) & set(last.trained)
     assert main(["merge", str(out)]) == 0
     pd.testing.assert_frame_equal(_table(out), _table(tiny_vision_zoo))
+    assert file_hashes(out) == file_hashes(tiny_vision_zoo)  # every file, bit for bit
     assert build(tiny_vision_config, out, threads=1).trained == []
 
 
@@ -323,7 +316,7 @@ def test_two_concurrent_builders_train_each_model_once(
     assert len(counts) == len(make_plan(config).roots) + 18 and set(counts.values()) == {1}
     lines = [json.loads(x) for x in (out / "build" / "log.jsonl").read_text().splitlines()]
     assert len({r["pid"] for r in lines if "id" in r}) == 2, "one builder did everything"
-    assert _hashes(out) == _hashes(tiny_vision_zoo)
+    assert file_hashes(out) == file_hashes(tiny_vision_zoo)
 
 
 def _forest(config: dict, steps: int) -> dict:
@@ -334,29 +327,47 @@ def _forest(config: dict, steps: int) -> dict:
     return config
 
 
+def _start_until_claimed(cmd: list[str], out: Path) -> tuple[subprocess.Popen, Path]:
+    """Start a build CLI in its own process group; return once it holds a member's claim."""
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if claim := next((out / "build" / "claims").glob("*-m000.*.claim"), None):
+            return proc, claim
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no member was claimed: {proc.communicate()[1][-2000:]}")
+
+
 @pytest.mark.slow
-def test_a_killed_holders_claim_is_taken_over(tiny_vision_config: dict, tmp_path: Path) -> None:
+def test_sigterm_releases_claims_and_a_killed_holders_claim_is_taken_over(
+    tiny_vision_config: dict, tmp_path: Path
+) -> None:
     config = tmp_path / "forest.yaml"
     config.write_text(yaml.safe_dump(_forest(tiny_vision_config, 100)))
     out = tmp_path / "zoo"
-    proc = subprocess.Popen(
-        _cli(config, out, "--workers", "1"), cwd=REPO, stderr=subprocess.DEVNULL
-    )
-    claim = None
-    deadline = time.monotonic() + 120
-    while claim is None and time.monotonic() < deadline and proc.poll() is None:
-        claim = next((out / "build" / "claims").glob("*-m000.*.claim"), None)
-        time.sleep(0.02)
+    claims_dir = out / "build" / "claims"
+    # SIGTERM to the process group, as Slurm sends it: the job unwinds, its claim goes
+    proc, _ = _start_until_claimed(_cli(config, out, "--workers", "1"), out)
+    os.killpg(proc.pid, signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    assert "nwa: interrupted (SIGTERM); run the same command again to resume" in err
+    assert "Traceback" not in err
+    assert not list(claims_dir.iterdir()) and not list(out.glob("*/.*.tmp"))
+    # SIGKILL: the claim stays, stale at once (its holder's pid is gone), and is taken over
+    proc, claim = _start_until_claimed(_cli(config, out, "--workers", "1"), out)
     proc.kill()
-    proc.wait()
-    assert claim is not None and claim.is_file(), "no member was claimed before the kill"
+    proc.communicate()
+    assert claim.is_file()
     model = claim.name.split(".")[0]
-    claims = Claims(out)
-    assert claims.holder(model) is None  # its holder's pid is dead: stale at once
+    assert Claims(out).holder(model) is None
     result = build(config, out, threads=1)
     assert model in result.trained and result.zoo is not None
-    assert _trainings(out)[model] == 1
-    assert not list((out / "build" / "claims").iterdir())
+    assert set(_trainings(out).values()) == {1}
+    assert not list(claims_dir.iterdir())
 
 
 def test_claims_of_other_hosts_expire_by_heartbeat(tmp_path: Path) -> None:

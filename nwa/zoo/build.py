@@ -39,8 +39,9 @@ from nwa.zoo.claims import create_exclusive
 from nwa.zoo.datasets import nwa_home
 from nwa.zoo.manifest import Zoo, ZooMeta, ZooWriter
 from nwa.zoo.plan import Plan, ZooConfig, load_config, make_plan
+from nwa.zoo.recipe import Job
 from nwa.zoo.report import Reporter, build_info, read_log
-from nwa.zoo.runner import append_log, job_runner, root_record, save_root
+from nwa.zoo.runner import append_log, finished, job_runner, root_record, save_root
 from nwa.zoo.schedule import Scheduler
 
 __all__ = [
@@ -184,14 +185,7 @@ def build(
     out = Path(out).expanduser() if out else zoo_dir(cfg)
     threads = threads or 1
     _claim(out, cfg)
-    mine = [m for k, m in enumerate(plan.members) if k % count == index]
-    needed = {job.parent for _, job in mine}
-    roots = [r for r in plan.roots if r[1].id in needed]
-    roots = roots[index % max(1, len(roots)) :] + roots[: index % max(1, len(roots))]
-    todo_roots = [r for r in roots if not root_record(out, r[1].id).is_file()]
-    writer = ZooWriter(out, ZooMeta(name=cfg.name))
-    todo = [m for m in mine if not writer.has(m[1].id)]
-    skipped = len(roots) + len(mine) - len(todo_roots) - len(todo)
+    todo_roots, todo, skipped = _shard_jobs(plan, out, index, count)
     log.info(
         "%s: %d roots and %d members to train, %d finished (shard %d/%d, %d workers x %d threads)",
         out,
@@ -220,23 +214,29 @@ def build(
     ):
         Scheduler(out, submit, workers, report, on_trained).run(todo_roots, todo)
     wall = time.perf_counter() - t0
+    run = {"shard": f"{index}/{count}", "workers": workers, "threads": threads, "wall": wall}
     append_log(
         out,
-        {
-            "event": "run",
-            "shard": f"{index}/{count}",
-            "workers": workers,
-            "threads": threads,
-            "trained": len(trained),
-            "wall": wall,
-            "host": platform.node(),
-            "pid": os.getpid(),
-            "config_file": cfg.where,
-            "time": time.time(),
-        },
+        {"event": "run", "trained": len(trained), "config_file": cfg.where, **run}
+        | {"host": platform.node(), "pid": os.getpid(), "time": time.time()},
     )
     zoo = finalize(out, plan)
     return BuildResult(out, zoo, trained, skipped, wall)
+
+
+Jobs = list[tuple[int, Job]]
+
+
+def _shard_jobs(plan: Plan, out: Path, index: int, count: int) -> tuple[Jobs, Jobs, int]:
+    """Shard ``index`` of ``count``: its unfinished roots (rotated, so shards start on different
+    ones) and members, and how many of its models are finished already."""
+    mine = [m for k, m in enumerate(plan.members) if k % count == index]
+    needed = {job.parent for _, job in mine}
+    roots = [r for r in plan.roots if r[1].id in needed]
+    roots = roots[index % max(1, len(roots)) :] + roots[: index % max(1, len(roots))]
+    todo_roots = [r for r in roots if not finished(out, "root", r[1].id)]
+    todo = [m for m in mine if not finished(out, "member", m[1].id)]
+    return todo_roots, todo, len(roots) + len(mine) - len(todo_roots) - len(todo)
 
 
 def missing(out: Path, plan: Plan) -> list[str]:

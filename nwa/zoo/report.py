@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -121,10 +122,13 @@ def build_info(plan: Plan, n_models: int, threads: list[int]) -> dict[str, Any]:
 
     Timings, hosts and the config file's path go to ``build/log.jsonl`` instead (see
     :func:`timings`), so two builds of one config give the same ``zoo.json``. Every model is
-    trained on the CPU with a fixed thread count, deterministic algorithms and seeds from its id:
-    ``deterministic`` says the files are bit-identical across runs, worker counts, shards and
-    resumes on one machine and library versions (``versions``).
+    trained with a fixed thread count, deterministic algorithms and seeds from its id; on the CPU
+    (every recipe's ``device``) that makes the files bit-identical across runs, worker counts,
+    shards and resumes on one machine and library versions (``versions``): ``deterministic``.
+    GPU kernels (atomics, autotuned algorithms) do not promise that, so a zoo with a GPU recipe
+    says ``deterministic: false`` and its files agree across builds only to a tolerance.
     """
+    devices = sorted({r.device for r in plan.recipes})
     return {
         "config": plan.config.to_dict(),
         "config_hash": plan.config.digest(),
@@ -132,9 +136,9 @@ def build_info(plan: Plan, n_models: int, threads: list[int]) -> dict[str, Any]:
         "n_models": n_models,
         "n_roots": len(plan.roots),
         "versions": versions(),
-        "device": "cpu",
+        "device": ",".join(devices),
         "threads": threads,
-        "deterministic": True,
+        "deterministic": devices == ["cpu"],
     }
 
 
@@ -174,4 +178,17 @@ def timings(out: Path) -> dict[str, Any]:
         "train_seconds": sum(sum(v) for v in groups.values()),
         "wall_seconds": sum(float(r.get("wall", 0.0)) for r in runs),
         "runs": runs,
+    }
+
+
+def file_hashes(zoo: str | Path) -> dict[str, str]:
+    """SHA-256 of every file a build leaves in ``zoo`` (weights, roots, rows, ``zoo.json``,
+    ``models.parquet``; not ``build/`` or caches), by relative path: equal for two builds of one
+    config and seed (see :func:`build_info`)."""
+    zoo = Path(zoo)
+    keep = ("weights", "roots", "rows", "zoo.json", "models.parquet")
+    return {
+        str(p.relative_to(zoo)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(zoo.rglob("*"))
+        if p.is_file() and p.relative_to(zoo).parts[0] in keep
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -20,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -229,11 +229,17 @@ def job_runner(plan: Plan, out: Path, workers: int, threads: int) -> Iterator[Su
         return
     pool = ProcessPoolExecutor(
         workers,
-        mp_context=get_context("spawn"),
+        mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
         initargs=(plan.config.to_dict(), str(out), threads),
     )
     try:
         yield lambda kind, index, job: pool.submit(_work, kind, index, job)
+    except BaseException:
+        # stopped (SIGTERM, Ctrl-C, an error): the workers' jobs unwind too, releasing their
+        # claims, instead of running to their end
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
