@@ -28,6 +28,7 @@ import platform
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,7 @@ class Claims:
         return sorted(out)
 
     def _load(self, path: Path) -> Holder | None:
+        heartbeat = time.time()  # a file that cannot be examined counts as alive
         try:
             heartbeat = path.stat().st_mtime
             info = json.loads(path.read_text())
@@ -210,7 +212,7 @@ class Claims:
                 path.unlink(missing_ok=True)
 
     @contextlib.contextmanager
-    def hold(self, model_id: str):  # noqa: ANN201 - a context manager of Holder | None
+    def hold(self, model_id: str) -> Iterator[Holder | None]:
         """``with claims.hold(id) as other:`` ``other`` is ``None`` while this process holds it."""
         other = self.claim(model_id)
         try:
