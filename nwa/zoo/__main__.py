@@ -4,6 +4,7 @@ Examples::
 
     python -m nwa.zoo build --config configs/zoo/default_vision.yaml --workers 2
     python -m nwa.zoo build --config tiny --out /tmp/tiny --shard 0/2     # and 1/2, anywhere
+    python -m nwa.zoo build --config tiny --out /tmp/tiny                 # run twice at once: they share the work
     python -m nwa.zoo merge /tmp/tiny
     python -m nwa.zoo info /tmp/tiny
 """
@@ -25,7 +26,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m nwa.zoo", description="Build, describe and merge model zoos."
     )
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build (or resume) a zoo from a YAML config")
+    b = sub.add_parser(
+        "build",
+        help="build (or resume) a zoo from a YAML config",
+        description="Build (or resume) a zoo. Any number of builders may share one --out at once "
+        "(shards, array tasks, other hosts on a shared filesystem): each model is trained once, "
+        "by the builder that claims it; the others wait for it. Same config and seed, same "
+        "bytes, whatever the workers, shards and resumes.",
+    )
     b.add_argument(
         "--config", required=True, help="config file, or a name in configs/zoo (e.g. tiny)"
     )
