@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -32,3 +35,40 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def canonical_safetensors_header(path: str | Path) -> None:
+    """Rewrite a safetensors file's header so equal tensors and metadata give equal bytes.
+
+    safetensors serializes ``__metadata__`` in hash-map order, which differs from one process to
+    the next; this puts the metadata keys in sorted order (tensor entries keep their order) and
+    leaves the data untouched. The header is padded to the original length where it fits (almost
+    always: only the key order changes), else the file is rewritten.
+    """
+    path = Path(path)
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:
+            f.seek(8)
+            f.write(text + b" " * (size - len(text)))
+            return
+    text += b" " * (-len(text) % 8)
+    with atomic_path(path) as tmp, open(path, "rb") as src, open(tmp, "wb") as dst:
+        dst.write(len(text).to_bytes(8, "little") + text)
+        src.seek(8 + size)
+        shutil.copyfileobj(src, dst)
+
+
+def save_safetensors(
+    path: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None
+) -> None:
+    """Save tensors as a safetensors file atomically, with a canonical header (same input, same bytes)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        canonical_safetensors_header(tmp)

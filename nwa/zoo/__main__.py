@@ -4,6 +4,7 @@ Examples::
 
     python -m nwa.zoo build --config configs/zoo/default_vision.yaml --workers 2
     python -m nwa.zoo build --config tiny --out /tmp/tiny --shard 0/2     # and 1/2, anywhere
+    python -m nwa.zoo build --config tiny --out /tmp/tiny                 # run twice at once: they share the work
     python -m nwa.zoo merge /tmp/tiny
     python -m nwa.zoo info /tmp/tiny
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -24,7 +26,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m nwa.zoo", description="Build, describe and merge model zoos."
     )
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build (or resume) a zoo from a YAML config")
+    b = sub.add_parser(
+        "build",
+        help="build (or resume) a zoo from a YAML config",
+        description="Build (or resume) a zoo. Any number of builders may share one --out at once "
+        "(shards, array tasks, other hosts on a shared filesystem): each model is trained once, "
+        "by the builder that claims it; the others wait for it. Same config and seed, same "
+        "bytes, whatever the workers, shards and resumes.",
+    )
     b.add_argument(
         "--config", required=True, help="config file, or a name in configs/zoo (e.g. tiny)"
     )
@@ -123,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
-        print("nwa: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(
+            f"nwa: interrupted ({signal.Signals(signum).name}); run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 128 + signum
     return 0
 
 

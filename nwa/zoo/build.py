@@ -1,45 +1,54 @@
-"""Run a zoo plan: roots first, then members, over shards and worker processes; resumable.
+"""Run a zoo plan: roots first, then members, over shards, worker processes and concurrent builders.
 
 Layout of a zoo being built (see :mod:`nwa.zoo.manifest` for the finished format)::
 
     build/config.json     the config this folder is built from (a different one is refused)
-    build/log.jsonl       one line per trained model and per run (timings)
+    build/log.jsonl       one line per trained model and per run (timings, hosts, pids)
+    build/claims/         which builder trains which model right now (see nwa.zoo.claims)
     roots/<id>.safetensors, roots/<id>.json    a root's tensors, then its record (written last)
     weights/<id>.safetensors, rows/<id>.json   a member's tensors, then its manifest row
 
 A model is finished when its record or row exists; both are written atomically after the weights,
 so a killed build leaves no half model and a rerun trains only what is missing. ``--shard I/N``
-takes the members whose plan index is ``I`` mod ``N`` and the roots they need; a root is trained
-under a file lock, so concurrent shards never train it twice. The run that finds every model
-finished writes ``zoo.json`` and ``models.parquet`` (``merge`` does the same on demand).
+takes the members whose plan index is ``I`` mod ``N`` and the roots they need. Every model is
+trained under a claim, so concurrent builders of one zoo (shards, array tasks, two jobs opening a
+zoo on first use) train each model once: a builder skips what others hold, then waits for it. A
+model's bytes depend only on the config, its id and the thread count (:func:`runner.job_context`),
+never on the worker count, shard, order or resumes. The run that finds every model finished writes
+``zoo.json`` and ``models.parquet`` (``merge`` does the same on demand).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nwa.atomic import atomic_write_text
 from nwa.errors import ConfigError, NwaError, ZooError
 from nwa.weights.io import open_weights
+from nwa.zoo.claims import create_exclusive
 from nwa.zoo.datasets import nwa_home
 from nwa.zoo.manifest import Zoo, ZooMeta, ZooWriter
 from nwa.zoo.plan import Plan, ZooConfig, load_config, make_plan
-from nwa.zoo.report import Reporter, build_info
-from nwa.zoo.runner import append_log, file_lock, job_runner, root_record, save_root
+from nwa.zoo.recipe import Job
+from nwa.zoo.report import Reporter, build_info, read_log
+from nwa.zoo.runner import append_log, finished, job_runner, root_record, save_root
+from nwa.zoo.schedule import Scheduler
 
 __all__ = [
     "BuildResult",
     "BuildStopped",
+    "Terminated",
     "build",
-    "file_lock",
     "finalize",
     "merge",
     "save_root",
@@ -83,16 +92,39 @@ def parse_shard(text: str) -> tuple[int, int]:
 def _claim(out: Path, config: ZooConfig) -> None:
     """Record the config in ``build/config.json``; refuse a folder built from another one."""
     path = out / "build" / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps(config.to_dict(), indent=2, sort_keys=True)
-    with file_lock(out / "build" / "config.lock"):
-        if path.is_file():
-            old = load_config(json.loads(path.read_text()))
-            if old.digest() != config.digest():
-                raise ZooError(
-                    f"{out}: holds a zoo built from another config ({old.name}-{old.digest()}); choose another --out or delete it"
-                )
-        else:
-            atomic_write_text(path, body)
+    if not create_exclusive(path, body):
+        old = load_config(json.loads(path.read_text()))
+        if old.digest() != config.digest():
+            raise ZooError(
+                f"{out}: holds a zoo built from another config ({old.name}-{old.digest()}); choose another --out or delete it"
+            )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (Slurm requeue, time limit, ``scancel``): the build unwinds and can resume."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminable() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` in the main thread, so claims are released on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @dataclass
@@ -153,14 +185,7 @@ def build(
     out = Path(out).expanduser() if out else zoo_dir(cfg)
     threads = threads or 1
     _claim(out, cfg)
-    mine = [m for k, m in enumerate(plan.members) if k % count == index]
-    needed = {job.parent for _, job in mine}
-    roots = [r for r in plan.roots if r[1].id in needed]
-    roots = roots[index % max(1, len(roots)) :] + roots[: index % max(1, len(roots))]
-    todo_roots = [r for r in roots if not root_record(out, r[1].id).is_file()]
-    writer = ZooWriter(out, ZooMeta(name=cfg.name))
-    todo = [m for m in mine if not writer.has(m[1].id)]
-    skipped = len(roots) + len(mine) - len(todo_roots) - len(todo)
+    todo_roots, todo, skipped = _shard_jobs(plan, out, index, count)
     log.info(
         "%s: %d roots and %d members to train, %d finished (shard %d/%d, %d workers x %d threads)",
         out,
@@ -174,38 +199,44 @@ def build(
     )
     trained: list[str] = []
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+
+    def on_trained(result: dict[str, Any]) -> None:
+        trained.append(result["id"])
+        if kill_after and len(trained) >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if stop_after is not None and len(trained) >= stop_after:
+            raise BuildStopped(f"{out}: stopped after {len(trained)} models; rerun to resume")
+
     with (
+        _terminable(),
         Reporter(len(todo_roots) + len(todo), progress, cfg.name) as report,
-        job_runner(plan, out, workers, threads) as run,
+        job_runner(plan, out, workers, threads) as submit,
     ):
-        for kind, jobs in (("root", todo_roots), ("member", todo)):
-            for result in run(kind, jobs):
-                if result.get("skipped"):
-                    report.skip(result)
-                    continue
-                trained.append(result["id"])
-                report.done(result)
-                if kill_after and len(trained) >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if stop_after is not None and len(trained) >= stop_after:
-                    raise BuildStopped(
-                        f"{out}: stopped after {len(trained)} models; rerun to resume"
-                    )
+        Scheduler(out, submit, workers, report, on_trained).run(todo_roots, todo)
     wall = time.perf_counter() - t0
+    run = {"shard": f"{index}/{count}", "workers": workers, "threads": threads, "wall": wall}
     append_log(
         out,
-        {
-            "event": "run",
-            "shard": f"{index}/{count}",
-            "workers": workers,
-            "threads": threads,
-            "trained": len(trained),
-            "wall": wall,
-            "host": platform.node(),
-        },
+        {"event": "run", "trained": len(trained), "config_file": cfg.where, **run}
+        | {"host": platform.node(), "pid": os.getpid(), "time": time.time()},
     )
     zoo = finalize(out, plan)
     return BuildResult(out, zoo, trained, skipped, wall)
+
+
+Jobs = list[tuple[int, Job]]
+
+
+def _shard_jobs(plan: Plan, out: Path, index: int, count: int) -> tuple[Jobs, Jobs, int]:
+    """Shard ``index`` of ``count``: its unfinished roots (rotated, so shards start on different
+    ones) and members, and how many of its models are finished already."""
+    mine = [m for k, m in enumerate(plan.members) if k % count == index]
+    needed = {job.parent for _, job in mine}
+    roots = [r for r in plan.roots if r[1].id in needed]
+    roots = roots[index % max(1, len(roots)) :] + roots[: index % max(1, len(roots))]
+    todo_roots = [r for r in roots if not finished(out, "root", r[1].id)]
+    todo = [m for m in mine if not finished(out, "member", m[1].id)]
+    return todo_roots, todo, len(roots) + len(mine) - len(todo_roots) - len(todo)
 
 
 def missing(out: Path, plan: Plan) -> list[str]:
@@ -216,34 +247,36 @@ def missing(out: Path, plan: Plan) -> list[str]:
 
 
 def finalize(out: Path, plan: Plan) -> Zoo | None:
-    """Write the manifest if every planned model is finished; else return ``None``."""
+    """Write the manifest if every planned model is finished; else return ``None``.
+
+    Concurrent finalizers write the same bytes, each by an atomic rename, so no lock is needed.
+    """
     if missing(out, plan):
         return None
-    with file_lock(out / "build" / "finalize.lock"):
-        writer = ZooWriter(out, ZooMeta(name=plan.config.name))
-        planned = {job.id for _, job in plan.members}
-        rows = writer.rows()
-        if extra := sorted({r["id"] for r in rows} - planned):
-            raise ZooError(f"{out}: rows {extra[:3]} are not in the plan of {plan.config.where}")
-        trees = {}
-        for _, job in plan.roots:
-            entry = json.loads(root_record(out, job.id).read_text())
-            trees[job.tree] = entry
-        layout = {}
-        for row in sorted(rows, key=lambda r: r["id"]):
-            if row["arch"] not in layout:
-                with open_weights(out / row["path"]) as src:
-                    layout[row["arch"]] = src.names()
-        writer.meta = ZooMeta(
-            name=plan.config.name,
-            classes=list(plan.classes),
-            trees=trees,
-            label_schema={k: v for r in plan.recipes for k, v in r.label_schema().items()},
-            build=build_info(out, plan, len(rows)),
-            layout=layout,
-            holdout_concepts=sorted({c for r in plan.recipes for c in r.holdout_concepts()}),
-        )
-        return writer.finalize(expected=len(planned))
+    writer = ZooWriter(out, ZooMeta(name=plan.config.name))
+    planned = {job.id for _, job in plan.members}
+    rows = writer.rows()
+    if extra := sorted({r["id"] for r in rows} - planned):
+        raise ZooError(f"{out}: rows {extra[:3]} are not in the plan of {plan.config.where}")
+    trees = {}
+    for _, job in plan.roots:
+        trees[job.tree] = json.loads(root_record(out, job.id).read_text())
+    layout = {}
+    for row in sorted(rows, key=lambda r: r["id"]):
+        if row["arch"] not in layout:
+            with open_weights(out / row["path"]) as src:
+                layout[row["arch"]] = src.names()
+    threads = sorted({int(r["threads"]) for r in read_log(out) if "id" in r and "threads" in r})
+    writer.meta = ZooMeta(
+        name=plan.config.name,
+        classes=list(plan.classes),
+        trees=trees,
+        label_schema={k: v for r in plan.recipes for k, v in r.label_schema().items()},
+        build=build_info(plan, len(rows), threads),
+        layout=layout,
+        holdout_concepts=sorted({c for r in plan.recipes for c in r.holdout_concepts()}),
+    )
+    return writer.finalize(expected=len(planned))
 
 
 def merge(out: str | Path) -> Zoo:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nwa.errors import ConfigError
 from nwa.files import writable_folder
-from nwa.zoo.build import build, cpu_cores, file_lock, zoo_dir
+from nwa.zoo.build import build, cpu_cores, zoo_dir
 from nwa.zoo.manifest import try_open
 from nwa.zoo.plan import load_config
 
@@ -27,7 +27,9 @@ def ensure_zoo(
     """The folder of a finished zoo for ``config``, building (or resuming) it the first time.
 
     The zoo lives in ``$NWA_HOME/zoos/<name>-<config hash>``, so an edited config gets a new zoo.
-    Concurrent callers wait on a file lock: one builds, the others then open the result.
+    Concurrent callers (processes, jobs on other hosts sharing ``$NWA_HOME``) build together: each
+    model is trained once, by whichever caller claims it first, and every caller returns when the
+    zoo is finished (see :mod:`nwa.zoo.claims`).
 
     Args:
         config: Config file, or a name in ``configs/zoo`` (``"tiny"``, ``"default_vision"``).
@@ -48,15 +50,13 @@ def ensure_zoo(
             f"{out.parent}: cannot build zoo {cfg.name!r} here ({why}); "
             "set NWA_HOME to a writable folder"
         )
-    with file_lock(out.parent / f".{out.name}.lock"):
-        if not _ready(out, cfg.digest()):
-            log.info("building zoo %s into %s (first use)", cfg.name, out)
-            if progress:
-                print(
-                    f"nwa: building zoo {cfg.name!r} into {out} (first use; later runs reuse it)",
-                    flush=True,
-                )
-            build(cfg, out, workers=workers or min(cpu_cores(), 8), progress=progress)
+    log.info("building zoo %s into %s (first use)", cfg.name, out)
+    if progress:
+        print(
+            f"nwa: building zoo {cfg.name!r} into {out} (first use; later runs reuse it)",
+            flush=True,
+        )
+    build(cfg, out, workers=workers or min(cpu_cores(), 8), progress=progress)
     return out
 
 

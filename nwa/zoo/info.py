@@ -17,6 +17,7 @@ import torch
 
 from nwa.weights.io import WeightSource, open_weights
 from nwa.zoo.manifest import Zoo
+from nwa.zoo.report import timings
 
 ACC_COLUMNS = ("train_acc", "val_acc", "test_acc", "gen_gap", "robustness")
 
@@ -187,8 +188,9 @@ def describe(zoo: Zoo, distances: bool = True, per_tree: int = 10) -> dict[str, 
 
 
 def _timings(zoo: Zoo) -> dict[str, Any]:
-    timings = zoo.meta.build.get("timings", {})
-    return {"per_model": timings.get("per_model", {}), "wall_seconds": timings.get("wall_seconds")}
+    """From the builder's ``build/log.jsonl`` (kept out of ``zoo.json`` so builds stay identical)."""
+    t = timings(zoo.root)
+    return {k: t[k] for k in ("per_model", "wall_seconds", "trainings")}
 
 
 def _fmt(r: dict[str, float]) -> str:

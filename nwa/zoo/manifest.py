@@ -23,9 +23,8 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import save_file
 
-from nwa.atomic import atomic_path, atomic_write_text
+from nwa.atomic import atomic_path, atomic_write_text, save_safetensors
 from nwa.errors import NwaError, ZooError
 from nwa.weights.io import LoraDelta, WeightSource, open_weights
 from nwa.zoo.validation import (
@@ -405,8 +404,7 @@ class ZooWriter:
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         meta = {"nwa.layout": json.dumps(list(tensors))} | (metadata or {})
         target = self.weight_path(model_id)
-        with atomic_path(target) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        save_safetensors(target, tensors, meta)
         return str(target.relative_to(self.root))
 
     def add(self, row: dict[str, Any]) -> None:

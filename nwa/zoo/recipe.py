@@ -39,7 +39,15 @@ class Job:
 
 
 class Recipe(ABC):
-    """A family of models in a zoo. Subclasses are configured by constructor arguments (YAML)."""
+    """A family of models in a zoo. Subclasses are configured by constructor arguments (YAML).
+
+    Attributes:
+        device: Where :meth:`run` trains. The builder makes CPU training bit-for-bit
+            reproducible; a recipe that trains on a GPU sets this (``"cuda"``), and the zoo's
+            ``build.deterministic`` then says its files agree only to a tolerance.
+    """
+
+    device: str = "cpu"
 
     @abstractmethod
     def validate(self) -> None:

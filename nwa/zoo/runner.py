@@ -1,45 +1,66 @@
 """Training one job at a time, in this process or in a pool of spawned workers.
 
-Roots are trained under a per-root ``fcntl`` lock and recorded in ``roots/<id>.json`` after their
-tensors; members are recorded by :meth:`ZooWriter.add` after theirs. Every trained model appends a
-timing line to ``build/log.jsonl``.
+Each job runs under a claim (:mod:`nwa.zoo.claims`), so concurrent builders never train one model
+twice, and in a fixed context (:func:`job_context`): the torch thread count, deterministic
+algorithms, and every global random generator seeded from the job's id, so a model's bytes depend
+on nothing that ran before it in the same process. Roots are recorded in ``roots/<id>.json`` after
+their tensors; members by :meth:`ZooWriter.add` after theirs. Every trained model appends a timing
+line to ``build/log.jsonl``.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
-import fcntl
 import json
+import multiprocessing
 import os
+import random
+import signal
+import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from multiprocessing import get_context
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from nwa.atomic import atomic_path, atomic_write_text
+from nwa.atomic import atomic_write_text, save_safetensors
 from nwa.errors import ZooError
 from nwa.weights.io import open_weights
+from nwa.zoo.claims import Claims
+from nwa.zoo.classifiers import stable_seed
 from nwa.zoo.manifest import ZooMeta, ZooWriter
 from nwa.zoo.plan import Plan, make_plan
 from nwa.zoo.recipe import Job
 
+Submit = Callable[[str, int, Job], "Future[dict[str, Any]]"]
+
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``fcntl`` lock on ``path`` (created), held for the ``with`` block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def job_context(seed: int, threads: int) -> Iterator[None]:
+    """Train the same bytes in any process: fixed threads, deterministic algorithms, seeded RNGs.
+
+    Why: a worker runs many jobs; without this, a model would depend on the global random state
+    and settings the jobs before it left behind (which differ with the worker count and resumes).
+    """
+    before = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
 
 
 def save_root(
@@ -51,10 +72,7 @@ def save_root(
     """Save a root's tensors as ``roots/<id>.safetensors`` (layout order kept); return the relative path."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     target = writer.root / "roots" / f"{root_id}.safetensors"
-    with atomic_path(target) as tmp:
-        save_file(
-            tensors, str(tmp), metadata={"nwa.layout": json.dumps(list(tensors))} | (metadata or {})
-        )
+    save_safetensors(target, tensors, {"nwa.layout": json.dumps(list(tensors))} | (metadata or {}))
     return str(target.relative_to(writer.root))
 
 
@@ -72,56 +90,61 @@ def append_log(out: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-class Executor:
-    """Trains one job at a time, in the main process or in a pool worker."""
+def finished(out: Path, kind: str, model_id: str) -> bool:
+    """Whether a root's record or a member's row exists (both are written last)."""
+    done = root_record(out, model_id) if kind == "root" else out / "rows" / f"{model_id}.json"
+    return done.is_file()
 
-    def __init__(self, plan: Plan, out: Path) -> None:
-        self.plan, self.out = plan, out
+
+class Executor:
+    """Trains one job at a time, in the main process or in a pool worker.
+
+    Args:
+        plan: The zoo's plan.
+        out: The zoo folder.
+        threads: Torch threads per job.
+    """
+
+    def __init__(self, plan: Plan, out: Path, threads: int = 1) -> None:
+        self.plan, self.out, self.threads = plan, out, threads
         self.writer = ZooWriter(out, ZooMeta(name=plan.config.name))
+        self.claims = Claims(out)
         self._cache: tuple[str, dict[str, torch.Tensor]] | None = None
 
     def __call__(self, kind: str, index: int, job: Job) -> dict[str, Any]:
-        start, cpu = time.perf_counter(), time.process_time()
-        try:
-            result = self._root(index, job) if kind == "root" else self._member(index, job)
-        except Exception as e:
-            if hasattr(e, "add_note"):
+        """Train ``job`` unless it is finished (``skipped``) or another builder holds it (``busy``)."""
+        head = {"id": job.id, "kind": kind}
+        with self.claims.hold(job.id) as other:
+            if other is not None:
+                return head | {"busy": other.describe()}
+            if finished(self.out, kind, job.id):  # by another builder, before our claim
+                return head | {"skipped": True}
+            start, cpu = time.perf_counter(), time.process_time()
+            try:
+                with job_context(stable_seed(self.plan.config.seed, job.id), self.threads):
+                    result = self._root(index, job) if kind == "root" else self._member(index, job)
+            except Exception as e:
                 e.add_note(f"while building {job.id} ({self.plan.recipe_name(index)})")
-            raise
-        if result.get("skipped"):
-            return result
-        result |= {
-            "id": job.id,
-            "kind": kind,
-            "recipe": self.plan.recipe_name(index),
-            "seconds": time.perf_counter() - start,
-        }
-        result["cpu_seconds"] = time.process_time() - cpu
+                raise
+        result |= head | {"recipe": self.plan.recipe_name(index)}
+        result |= {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
         keys = ("id", "kind", "recipe", "arch", "seconds", "cpu_seconds")
-        append_log(
-            self.out, {k: result.get(k) for k in keys} | {"threads": torch.get_num_threads()}
-        )
+        record = {k: result.get(k) for k in keys} | {"threads": self.threads, "pid": os.getpid()}
+        append_log(self.out, record)
         return result
 
     def _root(self, index: int, job: Job) -> dict[str, Any]:
-        record = root_record(self.out, job.id)
-        with file_lock(self.out / "roots" / f".{job.id}.lock"):
-            if record.is_file():
-                return {"id": job.id, "kind": "root", "skipped": True}
-            info = self.plan.recipes[index].run(job, self.writer, None)
-            if (
-                not isinstance(info, dict)
-                or not info.get("path")
-                or not (self.out / info["path"]).exists()
-            ):
-                raise ZooError(f"{self.out}: root {job.id} returned no existing 'path' ({info!r})")
-            entry = {
-                "root": job.id,
-                "tree": job.tree,
-                "recipe": self.plan.recipe_name(index),
-                **info,
-            }
-            atomic_write_text(record, json.dumps(entry, sort_keys=True, default=str))
+        info = self.plan.recipes[index].run(job, self.writer, None)
+        if (
+            not isinstance(info, dict)
+            or not info.get("path")
+            or not (self.out / info["path"]).exists()
+        ):
+            raise ZooError(f"{self.out}: root {job.id} returned no existing 'path' ({info!r})")
+        entry = {"root": job.id, "tree": job.tree, "recipe": self.plan.recipe_name(index), **info}
+        atomic_write_text(
+            root_record(self.out, job.id), json.dumps(entry, sort_keys=True, default=str)
+        )
         return {"arch": info.get("arch", ""), "test_acc": info.get("test_acc")}
 
     def _root_tensors(self, root_id: str) -> dict[str, torch.Tensor]:
@@ -145,47 +168,78 @@ class Executor:
 
 
 _WORKER: Executor | None = None
+_BUSY = threading.Event()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (Slurm requeue, time limit, scancel) unwinds the job, so its claim is released."""
+    raise SystemExit(128 + signum)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Exit when the builder that started this worker is gone (a pool worker would wait forever).
+
+    A job in progress is interrupted first, as by SIGTERM, so its claim and temporary files go.
+    """
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    if _BUSY.is_set():
+        _thread.interrupt_main(signal.SIGTERM)
+        for _ in range(50):  # up to 5 s for the job to unwind in the main thread
+            if not _BUSY.is_set():
+                break
+            time.sleep(0.1)
+    os._exit(1)
 
 
 def _init_worker(config: dict[str, Any], out: str, threads: int) -> None:
     global _WORKER
-    torch.set_num_threads(threads)
-    _WORKER = Executor(make_plan(config), Path(out))
+    signal.signal(signal.SIGTERM, _terminate)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    _WORKER = Executor(make_plan(config), Path(out), threads)
 
 
 def _work(kind: str, index: int, job: Job) -> dict[str, Any]:
     assert _WORKER is not None
-    return _WORKER(kind, index, job)
+    _BUSY.set()
+    try:
+        return _WORKER(kind, index, job)
+    finally:
+        _BUSY.clear()
 
 
 @contextlib.contextmanager
-def job_runner(plan: Plan, out: Path, workers: int, threads: int) -> Iterator[Any]:
-    """Yield ``run(kind, jobs) -> iterator of results`` backed by this process or a spawn pool."""
+def job_runner(plan: Plan, out: Path, workers: int, threads: int) -> Iterator[Submit]:
+    """Yield ``submit(kind, index, job) -> Future`` backed by this process or a spawn pool.
+
+    In this process a job runs when submitted and its future is already done.
+    """
     if workers == 1:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        executor = Executor(plan, out)
-        try:
-            yield lambda kind, jobs: (executor(kind, i, job) for i, job in jobs)
-        finally:
-            torch.set_num_threads(before)
+        executor = Executor(plan, out, threads)
+
+        def run_here(kind: str, index: int, job: Job) -> Future[dict[str, Any]]:
+            fut: Future[dict[str, Any]] = Future()
+            try:
+                fut.set_result(executor(kind, index, job))
+            except Exception as e:
+                fut.set_exception(e)
+            return fut
+
+        yield run_here
         return
-    ctx = get_context("spawn")
     pool = ProcessPoolExecutor(
         workers,
-        mp_context=ctx,
+        mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
         initargs=(plan.config.to_dict(), str(out), threads),
     )
-
-    def run(kind: str, jobs: list[tuple[int, Job]]) -> Iterator[dict[str, Any]]:
-        pending: set[Future] = {pool.submit(_work, kind, i, job) for i, job in jobs}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                yield fut.result()
-
     try:
-        yield run
+        yield lambda kind, index, job: pool.submit(_work, kind, index, job)
+    except BaseException:
+        # stopped (SIGTERM, Ctrl-C, an error): the workers' jobs unwind too, releasing their
+        # claims, instead of running to their end
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

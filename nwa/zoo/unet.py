@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nwa.atomic import atomic_path
+from nwa.atomic import atomic_path, canonical_safetensors_header
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -205,8 +205,10 @@ def save_lora(
     }
 
     def write(tensors: dict[str, torch.Tensor], filename: str) -> None:
-        # our own writer (diffusers' API allows it) to add the layout; sorted sets keep bytes stable
+        # our own writer (diffusers' API allows it) to add the layout; sorted sets and a canonical
+        # header keep the bytes stable
         save_file(tensors, filename, metadata=header)
+        canonical_safetensors_header(filename)
 
     target = folder / LORA_FILE
     with atomic_path(target) as tmp:
