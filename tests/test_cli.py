@@ -162,11 +162,13 @@ def test_wandb_offline_by_default_and_test_command(chain_zoo, tmp_path):
         tmp_path,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    run_log = next(tmp_path.glob("runs/wandb/offline-run-*/run-*.wandb")).read_bytes()
+    # everything of the run in its folder runs/<run_name>/<id>, the W&B id its folder's name
+    (run,) = tmp_path.glob("runs/probex-chains/*")
+    run_log = next(run.glob(f"wandb/offline-run-*/run-{run.name}.wandb")).read_bytes()
     assert (
         b"nwa.metanets.ProbeX" in run_log and b"probex-chains" in run_log
     )  # full config and run name
-    best = next(tmp_path.glob("runs/nwa/*/checkpoints/best-*.ckpt"))
+    best = next(run.glob("checkpoints/best-*.ckpt"))
     assert "ProbeX" in (best.parent.parent / "config.yaml").read_text()
     r = run_cli(
         ["nwa.test", "--config", str(cfg), "--ckpt_path", str(best), "--trainer.logger", "false"],

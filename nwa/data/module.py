@@ -26,6 +26,7 @@ from nwa.data.reading import (
     read_layers_into,
     resolve_spec,
 )
+from nwa.data.sampling import EpochShuffle, derived_seed, global_seed
 from nwa.errors import ConfigError, NonFiniteWeightsError, ZooError
 from nwa.tasks import Targets
 from nwa.weights.spec import WeightShapes
@@ -71,7 +72,7 @@ class WeightDataset(Dataset):
             return {"x": self._inputs[i], "y": self.targets[i], "index": i}
         tensors = self.dm.normalizer(self.tensors(i))
         if self.augment:
-            tensors = self.dm.permute(tensors)
+            tensors = self.dm.permute(tensors, i)
         x = make_input(self.dm.input, tensors, self.dm.spec, self.dm.layer_names)
         if self.dm.cache and not self.augment and self.dm.input == "stats":
             # StatNN features sort every tensor: compute them once, not every epoch.
@@ -219,7 +220,7 @@ class ModelZooDataModule(L.LightningDataModule):
         self.class_names = self._class_names()
         self.normalizer = Normalizer.identity(self.spec.names)
         self._datasets: dict[str, WeightDataset] = {}
-        self._rng = random.Random(seed)
+        self.epoch = 0  # the training epoch augmentations are drawn for (see set_epoch)
         if drop_nonfinite:
             self.rows = self._drop_nonfinite(self.rows)
         if normalize:
@@ -372,11 +373,20 @@ class ModelZooDataModule(L.LightningDataModule):
             )
         return self._datasets[stage]
 
-    def permute(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Randomly permute hidden neurons of the selected chain (a function-preserving symmetry)."""
+    def set_epoch(self, epoch: int) -> None:
+        """The training epoch to draw augmentations for (the LightningModules call it)."""
+        self.epoch = epoch
+
+    def permute(self, tensors: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+        """Randomly permute hidden neurons of the selected chain (a function-preserving symmetry).
+
+        The permutation depends only on the seeds, the epoch and the model's ``index``, so a
+        resumed run draws what an unbroken run draws.
+        """
         from nwa.weights.symmetry import random_permute_state_dict
 
-        gen = torch.Generator().manual_seed(self._rng.getrandbits(31))
+        seed = derived_seed(self.hparams.seed, global_seed(), self.epoch, index)
+        gen = torch.Generator().manual_seed(seed)
         return random_permute_state_dict(tensors, self.layer_names, generator=gen)
 
     def per_rank_batch_size(self) -> int:
@@ -389,12 +399,19 @@ class ModelZooDataModule(L.LightningDataModule):
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(stage)
+        sampler = None
+        if shuffle:
+            # the order of an epoch depends on the seeds and the epoch only (resumable runs)
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            self.epoch = epoch
+            sampler = EpochShuffle(ds, derived_seed(self.hparams.seed, global_seed()), epoch)
         return DataLoader(
             ds,
             batch_size=max(1, min(self.per_rank_batch_size(), len(ds))),
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # workers keep a copy of the dataset: augmenting ones restart each epoch to see it
+            persistent_workers=self.num_workers > 0 and not ds.augment,
             collate_fn=self.collate,
         )
 
