@@ -298,21 +298,12 @@ def test_bad_trainer_values_fail_before_anything_is_written(
 
 
 def test_checkpointing_off_trains_says_it_cannot_resume_and_tests_final_weights(
-    chain_zoo, tmp_path, monkeypatch
+    chain_zoo, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
     cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
-    r = run_cli(
-        [
-            "nwa.fit",
-            "--config",
-            str(cfg),
-            "--trainer.enable_checkpointing",
-            "false",
-            *csv(tmp_path),
-        ],
-        tmp_path,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "nwa: checkpointing is off" in r.stdout and "cannot be resumed" in r.stdout
-    assert "test/acc" in r.stdout and not list(tmp_path.rglob("*.ckpt"))
+    off = ["--trainer.enable_checkpointing", "false"]
+    _, results = fit(["--config", str(cfg), *off, *csv(tmp_path)])
+    out = capsys.readouterr().out
+    assert "nwa: checkpointing is off" in out and "cannot be resumed" in out
+    assert "test/acc" in results[0] and not list(tmp_path.rglob("*.ckpt"))
