@@ -26,7 +26,7 @@ from nwa.resume import (
     EpochSeeds,
     RunPlan,
     SlurmRequeue,
-    checkpoint_step,
+    checkpoint_log_step,
     global_rank,
     plan_run,
 )
@@ -141,7 +141,7 @@ def run_callbacks(plan: RunPlan, trainer_config: dict[str, Any], seed: Any) -> l
         requeue.install()
         callbacks.append(requeue)
     if plan.ckpt is not None and global_rank() == 0:
-        step = checkpoint_step(plan.ckpt)
+        step = checkpoint_log_step(plan.ckpt)
         loggers = trainer_config.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if isinstance(logger, CSVLogger):
@@ -151,12 +151,13 @@ def run_callbacks(plan: RunPlan, trainer_config: dict[str, Any], seed: Any) -> l
 
 class CsvHistory(Callback):
     """Keeps a resumed run's CSV log: Lightning's CSVLogger empties ``metrics.csv`` of a folder it
-    opens again; the rows logged up to the checkpoint's step are written back (later rows belong
-    to the interrupted epoch, which is trained again).
+    opens again; the rows logged before the checkpoint's step are written back (the checkpoint's
+    own epoch is logged again from the checkpoint, later rows belong to the interrupted epoch,
+    which is trained again).
 
     Args:
         logger: The run's CSV logger.
-        step: The global step of the checkpoint resumed from.
+        step: The step the checkpoint's epoch was logged at (its rows are logged again).
     """
 
     def __init__(self, logger: CSVLogger, step: int) -> None:
@@ -168,7 +169,7 @@ class CsvHistory(Callback):
             with self.path.open(newline="") as f:
                 reader = csv.DictReader(f)
                 self.keys = list(reader.fieldnames or [])
-                self.rows = [r for r in reader if _step(r) <= step]
+                self.rows = [r for r in reader if _step(r) < step]
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.keys:

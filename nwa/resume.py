@@ -110,7 +110,7 @@ def read_run(folder: Path) -> dict[str, Any]:
     return info
 
 
-def _progress(path: Path) -> tuple[int, int]:
+def _progress(path: Path) -> tuple[int, int, int]:
     try:  # memory-mapped: only the few bytes read are loaded; never runs pickled code
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises many types for damaged or foreign files
@@ -118,7 +118,14 @@ def _progress(path: Path) -> tuple[int, int]:
         raise ConfigError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("epoch"), int):
         raise ConfigError(f"{path}: not a Lightning checkpoint (no epoch recorded)")
-    return int(ckpt["epoch"]), int(ckpt.get("global_step") or 0)
+    step = int(ckpt.get("global_step") or 0)
+    logged = [
+        state.get("logged_metrics") or {}
+        for state in (ckpt.get("callbacks") or {}).values()
+        if isinstance(state, dict)
+    ]
+    log_step = next((int(m["step"]) for m in logged if "step" in m), step - 1)
+    return int(ckpt["epoch"]), step, log_step
 
 
 def checkpoint_epoch(path: Path) -> int:
@@ -130,9 +137,9 @@ def checkpoint_epoch(path: Path) -> int:
     return _progress(path)[0]
 
 
-def checkpoint_step(path: Path) -> int:
-    """The global step a Lightning checkpoint holds (see :func:`checkpoint_epoch`)."""
-    return _progress(path)[1]
+def checkpoint_log_step(path: Path) -> int:
+    """The step a checkpoint's epoch metrics were logged at (see :func:`checkpoint_epoch`)."""
+    return _progress(path)[2]
 
 
 def latest_run(parent: Path, run_id: str | None = None) -> Path | None:
@@ -245,8 +252,14 @@ class RunCheckpoint(ModelCheckpoint):
 
     Lightning rewrites ``last.ckpt`` only when it also saves a best checkpoint; a run killed after
     its best epoch would resume from there. Here ``last.ckpt`` follows every epoch (after that
-    epoch's validation, so it also records the best checkpoint so far).
+    epoch's validation, so it also records the best checkpoint so far), once the loggers have
+    written what they hold. The epoch's metrics go into the checkpoint too, and a resumed run
+    logs them again as its first row: Lightning logs an epoch's training metrics after this hook,
+    and W&B's offline writer loses its last second of records when killed, so either may miss
+    them.
     """
+
+    _relog: dict[str, float] | None = None
 
     def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
         return  # written in on_train_epoch_end, after every epoch
@@ -255,15 +268,40 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
             return
+        for logger in trainer.loggers:
+            logger.save()  # CSV keeps rows in memory for 100 steps; a kill would lose them
         path = os.path.join(str(self.dirpath), self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
         self.last_model_path = path  # before saving: the checkpoint records it
         self._save_checkpoint(trainer, path)
+
+    def state_dict(self) -> dict[str, Any]:
+        logged = getattr(self, "_trainer_metrics", {})
+        return {**super().state_dict(), "logged_metrics": logged}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._relog = state_dict.get("logged_metrics") or None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._relog and trainer.is_global_zero:
+            metrics = dict(self._relog)
+            step = int(metrics.pop("step", trainer.global_step))
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+                logger.save()
+        self._relog = None
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         if "://" in str(filepath):  # remote storage: no rename there
             return super()._save_checkpoint(trainer, filepath)
         folder, base = os.path.split(filepath)
         partial = os.path.join(folder, f".{base}.partial")
+        # the epoch's aggregated metrics (Lightning logs the training ones after this hook)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if _scalar(v)}
+        # the step Lightning logs an epoch's metrics at (it steps back one at epoch end)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1
+        self._trainer_metrics = {**metrics, "epoch": trainer.current_epoch, "step": step}
         trainer.save_checkpoint(partial, self.save_weights_only)
         if trainer.is_global_zero:
             fd = os.open(partial, os.O_RDONLY)
@@ -278,6 +316,10 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(self)
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, int | float) or (torch.is_tensor(value) and value.numel() == 1)
 
 
 class EpochSeeds(Callback):
