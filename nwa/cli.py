@@ -143,6 +143,10 @@ class NwaCLI(LightningCLI):
                 self.plan = plan_launch(cfg)
                 if self.plan.note and global_rank() == 0:
                     print(f"nwa: {self.plan.note}", flush=True)
+        elif cfg.get("checkpoint") is not None:
+            # a config saved by a fit names that run's checkpoint folder: an evaluation writes
+            # its outputs beside its own logs instead
+            cfg["checkpoint"]["dirpath"] = None
         route_outputs(cfg, self.plan)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
