@@ -218,7 +218,7 @@ def load_run(path: str | Path) -> Run:
         return load_run(inside[0])
     raise RunError(
         f"{p}: not a run (expected a W&B run folder with run-<id>.wandb, a CSV log folder "
-        "with metrics.csv, a checkpoint folder runs/nwa/<id>, or a folder holding one of these)"
+        "with metrics.csv, a run folder <root>/<run_name>/<id>, or a folder holding one of these)"
     )
 
 
