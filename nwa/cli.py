@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -170,10 +171,10 @@ class NwaCLI(LightningCLI):
         except MisconfigurationException as e:
             raise ConfigError(f"trainer: {str(e).strip().splitlines()[0]}") from None
         if self.plan is not None and global_rank() == 0:
-            extra = {"group": cfg.get("group"), "config": _config_files(cfg)}
+            fields = {"group": cfg.get("group"), "config": _config_files(cfg)}
             # the folder each logger chose (CSV's version_N), reused when the run resumes
-            extra["logger_versions"] = [getattr(lg, "version", None) for lg in trainer.loggers]
-            record_launch(self.plan, extra)
+            fields["logger_versions"] = [getattr(lg, "version", None) for lg in trainer.loggers]
+            record_launch(self.plan, fields)
         return trainer
 
 
@@ -211,6 +212,16 @@ def _one_line_errors(inner: Any) -> Any:
     return instantiate
 
 
+def _own_wandb_service() -> None:
+    """Use a W&B service of this process, not one inherited from the process that started it
+    (a notebook, a test runner, a job submitted from a shell that used W&B): a run killed while
+    logging through a shared service stays open there, and its resumed launch would be refused
+    ("run ID ... is in use")."""
+    token = re.match(r"\d+-(\d+)-", os.environ.get("WANDB_SERVICE", ""))
+    if token and int(token.group(1)) != os.getpid():
+        os.environ.pop("WANDB_SERVICE")
+
+
 def _config_files(cfg: Any) -> list[str]:
     return [str(p) for p in cfg.get("config") or []]
 
@@ -240,6 +251,7 @@ def main(subcommand: str, args: list[str] | None = None) -> Any:
     # W&B writes an offline run's log every 15 s by default: a killed run would lose up to 15 s
     # of history that its resumed launch does not log again.
     os.environ.setdefault("WANDB_X_TRANSACTION_LOG_FLUSH_INTERVAL", "1")
+    _own_wandb_service()
     # The entry points pass their own argv explicitly; Lightning warns about that by default.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     # A resumed run reopens its own folders, which are not empty by design.

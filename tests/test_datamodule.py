@@ -356,8 +356,8 @@ def test_zoo_presets_fill_only_what_the_run_leaves_unset(chain_zoo):
     assert set(dm.rows["tree"]) == {"tree1"} and dm.layer_names == ["conv2.weight"]
     dm = ModelZooDataModule(root, zoo_presets=preset, layers="fc.weight", trees=["tree0"])
     assert set(dm.rows["tree"]) == {"tree0"} and dm.layer_names == ["fc.weight"]  # run wins
-    other = [{"zoos": ["default_vision"], "trees": ["vision-*"], "layers": "layer4.*"}]
-    dm = ModelZooDataModule(root, zoo_presets=other)  # another zoo's preset: every model
+    other = [{"trees": ["vision-*"], "arch": "resnet_*", "layers": "layer4.*"}]
+    dm = ModelZooDataModule(root, zoo_presets=other)  # no such models here: every model
     assert len(dm.rows) == len(chain_zoo.table) and dm.selection["trees"] is None
     with pytest.raises(ConfigError, match="unknown fields \\['target'\\]"):
         ModelZooDataModule(root, zoo_presets=[{"zoos": ["*"], "target": "tree"}])

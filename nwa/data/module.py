@@ -70,9 +70,10 @@ class ModelZooDataModule(L.LightningDataModule):
             left out, with a warning).
         trees: Keep only models whose tree matches one of these globs (``None``: every tree).
         arch: Keep only models whose architecture matches this glob (``None``: every one).
-        zoo_presets: Choices for particular zoos: a list of ``{zoos: [name globs], trees, arch,
-            layers}``; the first entry whose globs match the zoo's name fills the fields this
-            config leaves unset (recipes name nwa's default zoos' trees and layers this way).
+        zoo_presets: Choices for particular zoos: a list of ``{trees, arch, layers}`` (and
+            optionally ``zoos``: name globs); the first entry whose trees and arch select some of
+            the zoo's models (in a zoo whose name matches) fills the fields this config leaves
+            unset (recipes name the trees and layers of the zoos nwa builds this way).
         split: Split the selected models other than as the zoo does: ``{fractions: [train, val,
             test], seed: 0}`` (a seeded random split; NFN holds out half for test:
             ``[0.45, 0.05, 0.5]``) or ``{column: NAME}`` (split names from a label or
@@ -131,7 +132,7 @@ class ModelZooDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.cache = batch_size, num_workers, cache
         self.zoo = _open_zoo(zoo, adapter, adapter_options)
         given = {"trees": trees, "arch": arch, "layers": layers}
-        self.selection = apply_presets(self.zoo.meta.name, zoo_presets, given)
+        self.selection = apply_presets(self.zoo, zoo_presets, given)
         if self.selection["layers"] is None:
             self.selection["layers"] = AUTO_LAYERS[input]
         rows = select_rows(self.zoo, self.selection["trees"], self.selection["arch"])

@@ -2,8 +2,8 @@
 
 Any zoo works with any recipe by naming the zoo alone: the tree and architecture filters default
 to every model, the layers to a choice that fits the metanetwork's input (:data:`AUTO_LAYERS`),
-and a recipe's choices for particular zoos (nwa's default zoos, say) live in ``zoo_presets``,
-which apply only to zoos whose name they list and only where the run left a field unset.
+and a recipe's choices for particular zoos (those nwa builds, say) live in ``zoo_presets``, which
+apply only to zoos that have the models they name, and only where the run left a field unset.
 """
 
 from __future__ import annotations
@@ -51,30 +51,46 @@ class SplitProtocol:
 
 
 def apply_presets(
-    zoo_name: str, presets: Sequence[Mapping[str, Any]] | None, given: dict[str, Any]
+    zoo: Zoo, presets: Sequence[Mapping[str, Any]] | None, given: dict[str, Any]
 ) -> dict[str, Any]:
-    """``given`` (trees, arch, layers) with the unset ones filled from the first preset whose
-    ``zoos`` globs match ``zoo_name``.
+    """``given`` (trees, arch, layers) with the unset ones filled from the first preset that
+    fits ``zoo``: its ``zoos`` globs (when it has them) match the zoo's name, and its own
+    ``trees``/``arch`` select some of the zoo's models.
 
     Raises:
-        ConfigError: A preset without ``zoos`` or with fields other than trees, arch, layers.
+        ConfigError: A preset that is not a mapping, or with fields other than zoos, trees, arch
+            and layers.
     """
     out = dict(given)
     for preset in presets or []:
-        if not isinstance(preset, Mapping) or "zoos" not in preset:
-            raise ConfigError(f"zoo_presets: each entry needs 'zoos' (name globs), got {preset!r}")
+        if not isinstance(preset, Mapping):
+            raise ConfigError(f"zoo_presets: each entry is a mapping, got {preset!r}")
         unknown = set(preset) - {"zoos", *PRESET_FIELDS}
         if unknown:
             raise ConfigError(
-                f"zoo_presets: unknown fields {sorted(unknown)}; a preset sets {list(PRESET_FIELDS)}"
+                f"zoo_presets: unknown fields {sorted(unknown)}; a preset has zoos (name globs) "
+                f"and sets {list(PRESET_FIELDS)}"
             )
-        zoos = [preset["zoos"]] if isinstance(preset["zoos"], str) else list(preset["zoos"])
-        if any(fnmatch.fnmatchcase(zoo_name, str(g)) for g in zoos):
-            for key in PRESET_FIELDS:
-                if out.get(key) is None and preset.get(key) is not None:
-                    out[key] = preset[key]
-            break
+        zoos = preset.get("zoos")
+        names = [zoos] if isinstance(zoos, str) else list(zoos or [])
+        if names and not any(fnmatch.fnmatchcase(zoo.meta.name, str(g)) for g in names):
+            continue
+        if not _matching(zoo.table, preset.get("trees"), preset.get("arch")).any():
+            continue
+        for key in PRESET_FIELDS:
+            if out.get(key) is None and preset.get(key) is not None:
+                out[key] = preset[key]
+        break
     return out
+
+
+def _matching(table: pd.DataFrame, trees: Sequence[str] | None, arch: str | None) -> pd.Series:
+    keep = np.ones(len(table), dtype=bool)
+    if trees:
+        keep &= np.array([any(fnmatch.fnmatchcase(t, g) for g in trees) for t in table["tree"]])
+    if arch:
+        keep &= np.array([fnmatch.fnmatchcase(a, arch) for a in table["arch"]])
+    return pd.Series(keep, index=table.index)
 
 
 def select_rows(zoo: Zoo, trees: Sequence[str] | None, arch: str | None) -> pd.DataFrame:
@@ -85,11 +101,7 @@ def select_rows(zoo: Zoo, trees: Sequence[str] | None, arch: str | None) -> pd.D
         ConfigError: No model matches; the message lists the zoo's trees and architectures.
     """
     table = zoo.table
-    rows = table
-    if trees:
-        rows = rows[[any(fnmatch.fnmatchcase(t, g) for g in trees) for t in rows["tree"]]]
-    if arch:
-        rows = rows[[fnmatch.fnmatchcase(a, arch) for a in rows["arch"]]]
+    rows = table[_matching(table, trees, arch)]
     if rows.empty:
         raise ConfigError(
             f"{zoo.root}: no model matches trees={list(trees or [])} arch={arch!r}; this zoo "
