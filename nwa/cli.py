@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -17,8 +18,17 @@ from lightning.pytorch.cli import (
     SaveConfigCallback,
     _InstantiatorFn,
 )
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from nwa.errors import NwaError
+from nwa.errors import ConfigError, NwaError
+from nwa.outputs import (
+    check_trainer_args,
+    default_root,
+    plan_launch,
+    route_outputs,
+    run_callbacks,
+)
+from nwa.resume import RunCheckpoint, RunPlan, global_rank, record_launch
 
 
 def wandb_mode() -> str:
@@ -72,24 +82,32 @@ class Summary(Callback):
 
 class NwaCLI(LightningCLI):
     """``python -m nwa.fit``/``nwa.test``: configs compose (``--config a.yaml --config b.yaml``)
-    and any field can be overridden on the command line."""
+    and any field can be overridden on the command line.
+
+    A fit writes everything into its run folder ``<default_root_dir>/<run_name>/<id>`` and
+    resumes with ``--ckpt_path last`` (see :mod:`nwa.resume`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_callback", ConfigEverywhere)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"default_env": False})
+        self.plan: RunPlan | None = None
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.shapes", "model.init_args.shapes", apply_on="instantiate")
         parser.link_arguments("data.targets", "model.init_args.targets", apply_on="instantiate")
         parser.add_argument(
-            "--run_name", type=str | None, default=None, help="Run name (W&B and log folder)."
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Run name: W&B name and the run folder <default_root_dir>/<run_name>/<id> "
+            "(default: the recipe's file name); --ckpt_path last resumes the newest run of this name.",
         )
         parser.add_argument(
             "--group", type=str | None, default=None, help="W&B group, e.g. the zoo or experiment."
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -98,7 +116,7 @@ class NwaCLI(LightningCLI):
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch}",
                 "trainer.logger": default_logger(),
-                "trainer.default_root_dir": os.environ.get("NWA_RUNS", "runs"),
+                "trainer.default_root_dir": default_root(),
                 "trainer.callbacks": [{"class_path": "nwa.cli.Summary"}],
             }
         )
@@ -118,15 +136,46 @@ class NwaCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = cfg.get("trainer", {})
         if self.subcommand == "fit":
             _default_name_and_group(cfg)
-        logger = cfg.get("trainer", {}).get("logger")
-        if isinstance(logger, dict) or hasattr(logger, "init_args"):
-            args = logger["init_args"] if isinstance(logger, dict) else logger.init_args
-            if cfg.get("run_name") and "name" in args:
-                args["name"] = cfg["run_name"]
-            if cfg.get("group") and "group" in args:
-                args["group"] = cfg["group"]
+            check_trainer_args(trainer)
+            if not trainer.get("fast_dev_run"):
+                self.plan = plan_launch(cfg)
+                if self.plan.note and global_rank() == 0:
+                    print(f"nwa: {self.plan.note}", flush=True)
+        elif cfg.get("checkpoint") is not None:
+            # a config saved by a fit names that run's checkpoint folder: an evaluation writes
+            # its outputs beside its own logs instead
+            cfg["checkpoint"]["dirpath"] = None
+        route_outputs(cfg, self.plan)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        extra = [
+            self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys
+        ]
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if self.subcommand == "fit" and trainer_config.get("enable_checkpointing") is False:
+            extra = [c for c in extra if not isinstance(c, ModelCheckpoint)]
+            if global_rank() == 0:
+                print(
+                    "nwa: checkpointing is off (--trainer.enable_checkpointing false): this run "
+                    "cannot be resumed, and it is tested with its final weights",
+                    flush=True,
+                )
+        if self.plan is not None:
+            extra += run_callbacks(self.plan, trainer_config, cfg.get("seed_everything"))
+        try:
+            trainer = self._instantiate_trainer(trainer_config, extra)
+        except MisconfigurationException as e:
+            raise ConfigError(f"trainer: {str(e).strip().splitlines()[0]}") from None
+        if self.plan is not None and global_rank() == 0:
+            fields = {"group": cfg.get("group"), "config": _config_files(cfg)}
+            # the folder each logger chose (CSV's version_N), reused when the run resumes
+            fields["logger_versions"] = [getattr(lg, "version", None) for lg in trainer.loggers]
+            record_launch(self.plan, fields)
+        return trainer
 
 
 def _default_name_and_group(cfg: Any) -> None:
@@ -163,13 +212,28 @@ def _one_line_errors(inner: Any) -> Any:
     return instantiate
 
 
+def _own_wandb_service() -> None:
+    """Use a W&B service of this process, not one inherited from the process that started it
+    (a notebook, a test runner, a job submitted from a shell that used W&B): a run killed while
+    logging through a shared service stays open there, and its resumed launch would be refused
+    ("run ID ... is in use")."""
+    token = re.match(r"\d+-(\d+)-", os.environ.get("WANDB_SERVICE", ""))
+    if token and int(token.group(1)) != os.getpid():
+        os.environ.pop("WANDB_SERVICE")
+
+
+def _config_files(cfg: Any) -> list[str]:
+    return [str(p) for p in cfg.get("config") or []]
+
+
 def default_logger() -> dict[str, Any]:
-    """W&B, offline unless logged in; ``--trainer.logger CSVLogger`` works without an account."""
+    """W&B, offline unless logged in; ``--trainer.logger CSVLogger`` works without an account.
+    Its ``save_dir`` left as is follows the run folder (:func:`nwa.outputs.route_outputs`)."""
     return {
         "class_path": "lightning.pytorch.loggers.WandbLogger",
         "init_args": {
             "project": os.environ.get("WANDB_PROJECT", "nwa"),
-            "save_dir": os.environ.get("NWA_RUNS", "runs"),
+            "save_dir": default_root(),
             "offline": wandb_mode() == "offline",
             "name": None,
             "group": None,
@@ -184,8 +248,17 @@ def main(subcommand: str, args: list[str] | None = None) -> Any:
     from nwa.lit import WeightModule  # noqa: F401 - importable short name for configs
 
     argv = [subcommand, *(sys.argv[1:] if args is None else args)]
+    # W&B writes an offline run's log every 15 s by default: a killed run would lose up to 15 s
+    # of history that its resumed launch does not log again.
+    os.environ.setdefault("WANDB_X_TRANSACTION_LOG_FLUSH_INTERVAL", "1")
+    _own_wandb_service()
     # The entry points pass their own argv explicitly; Lightning warns about that by default.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    # A resumed run reopens its own folders, which are not empty by design.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings(
+        "ignore", message=r"Experiment logs directory .* exists and is not empty"
+    )
     try:
         return NwaCLI(
             LightningModule,

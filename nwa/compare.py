@@ -1,8 +1,9 @@
 """``python -m nwa.compare RUN [RUN ...] [--metrics val/acc test/acc ...] [--out DIR] [--x epoch]``:
 compare training runs side by side.
 
-Each RUN is a W&B run folder (``runs/wandb/offline-run-*``), a CSV logger folder (with
-``metrics.csv``) or a checkpoint folder (``runs/nwa/<id>``); see :mod:`nwa.runs`. The table has
+Each RUN is a run folder (``runs/<run_name>/<id>``), a W&B run folder
+(``<run folder>/wandb/offline-run-*``) or a CSV logger folder (with ``metrics.csv``); see
+:mod:`nwa.runs`. The table has
 one column per run: its name and group (the naming scheme is in :mod:`nwa.runs`: ``--run_name``
 or the config's stem; ``--group`` or the zoo), the config fields that differ between the runs,
 then the final and the best value of every metric the runs share (best is the maximum for
@@ -14,8 +15,8 @@ x = epoch or step, one line per run).
 
 Examples::
 
-    python -m nwa.compare runs/wandb/offline-run-*
-    python -m nwa.compare runs/probex/version_0 runs/dense/version_0 --metrics val/acc test/acc
+    python -m nwa.compare runs/probex_vision/* runs/dense_vision/*
+    python -m nwa.compare runs/probex_vision/ab12cd34 logs/dense/version_0 --metrics val/acc test/acc
 """
 
 from __future__ import annotations

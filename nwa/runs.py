@@ -9,8 +9,13 @@ Three layouts are runs (:func:`load_run`):
   reads the framing and lets wandb's own protobuf classes parse the records;
 - a CSV logger folder, ``<save_dir>/[<name>/]version_<n>/`` with ``metrics.csv`` and the CLI's
   ``config.yaml`` (or Lightning's ``hparams.yaml``);
-- a checkpoint folder, ``runs/nwa/<id>/`` (``config.yaml`` beside ``checkpoints/``): its metrics
-  are those of the W&B run with the same id, found under ``runs/wandb/``.
+- a run folder, ``<root>/<name>/<id>/`` (``config.yaml`` beside ``checkpoints/``, see
+  :mod:`nwa.resume`): its CSV log (``metrics.csv``) or its W&B run (``wandb/``); the older
+  checkpoint folder ``runs/nwa/<id>/`` finds its W&B run under ``runs/wandb/``.
+
+A resumed W&B run is one run in several log folders (``offline-run-<time>-<id>``, one per
+launch); they are read as one, in time order, each launch's rows replacing the rows an earlier
+launch logged from the step it resumed at.
 
 Naming scheme. A run's **name** is ``--run_name`` when given, else the stem(s) of its
 ``--config`` file(s) joined by ``+`` (``probex_vision``); its **group** is ``--group`` when
@@ -213,7 +218,7 @@ def load_run(path: str | Path) -> Run:
         return load_run(inside[0])
     raise RunError(
         f"{p}: not a run (expected a W&B run folder with run-<id>.wandb, a CSV log folder "
-        "with metrics.csv, a checkpoint folder runs/nwa/<id>, or a folder holding one of these)"
+        "with metrics.csv, a run folder <root>/<run_name>/<id>, or a folder holding one of these)"
     )
 
 
@@ -223,21 +228,34 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
 
 
 def find_runs(root: str | Path) -> list[Path]:
-    """Every W&B run folder and CSV log folder under ``root``, sorted by path."""
+    """Every W&B run folder (the newest of a resumed run's) and CSV log folder under ``root``,
+    sorted by path."""
     root = Path(root).expanduser()
-    wandb = {f.parent for f in root.rglob("run-*.wandb") if f.parent.name != "latest-run"}
+    newest: dict[tuple[Path, str], Path] = {}
+    for f in sorted(root.rglob("run-*.wandb")):
+        if f.parent.name != "latest-run":
+            newest[(f.parent.parent, f.stem)] = f.parent  # names sort by launch time
+    wandb = set(newest.values())
     csv = {f.parent for f in root.rglob("metrics.csv")}
     return sorted(wandb | csv)
 
 
 def _wandb_file_for(folder: Path) -> Path:
-    """The ``.wandb`` log of a checkpoint folder ``<save_dir>/<project>/<id>``."""
+    """The ``.wandb`` log of a run folder ``<root>/<name>/<id>`` (in its ``wandb/``) or of an
+    older checkpoint folder ``<save_dir>/<project>/<id>`` (in ``<save_dir>/wandb/``)."""
     run_id = folder.resolve().name
-    wandb_dir = folder.resolve().parents[1] / "wandb"
-    found = sorted(wandb_dir.glob(f"*run-*-{run_id}/run-{run_id}.wandb"))
-    if not found:
-        raise RunError(f"{folder}: checkpoint folder, but no W&B run {run_id} under {wandb_dir}")
-    return found[-1]
+    for wandb_dir in (folder.resolve() / "wandb", folder.resolve().parents[1] / "wandb"):
+        found = sorted(wandb_dir.glob(f"*run-*-{run_id}/run-{run_id}.wandb"))
+        if found:
+            return found[-1]
+    raise RunError(f"{folder}: run folder, but no W&B run {run_id} in it or under ../../wandb")
+
+
+def _segments(file: Path) -> list[Path]:
+    """Every launch's log of the W&B run ``file`` belongs to, oldest first."""
+    run_id = file.stem.removeprefix("run-")
+    found = sorted(file.resolve().parent.parent.glob(f"*run-*-{run_id}/run-{run_id}.wandb"))
+    return [f for f in found if f.parent.name != "latest-run"] or [file]
 
 
 def _load_csv(folder: Path) -> Run:
@@ -301,33 +319,53 @@ def _item_key(item: Any) -> str:
 
 
 def _load_wandb(file: Path, folder: Path) -> Run:
-    rows: list[dict[str, Any]] = []
+    launches: list[list[dict[str, Any]]] = []
     summary: dict[str, Any] = {}
     configs: list[dict[str, Any]] = []
     info: dict[str, str] = {"id": file.stem.removeprefix("run-"), "name": "", "group": ""}
     finished = False
-    for record in wandb_records(file):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            r = record.run
-            info.update(id=r.run_id or info["id"], name=r.display_name, group=r.run_group)
-            configs.append({_item_key(i): json.loads(i.value_json) for i in r.config.update})
-        elif kind == "config":
-            configs.append({_item_key(i): json.loads(i.value_json) for i in record.config.update})
-        elif kind == "history":
-            rows.append(_history_row(record.history.item))
-        elif kind == "summary":
-            summary.update({_item_key(i): json.loads(i.value_json) for i in record.summary.update})
-            for i in record.summary.remove:
-                summary.pop(_item_key(i), None)
-        elif kind == "exit":
-            finished = True
+    for segment in _segments(file):
+        rows: list[dict[str, Any]] = []
+        finished = False
+        for record in wandb_records(segment):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                r = record.run
+                info.update(id=r.run_id or info["id"], name=r.display_name, group=r.run_group)
+                configs.append({_item_key(i): json.loads(i.value_json) for i in r.config.update})
+            elif kind == "config":
+                update = record.config.update
+                configs.append({_item_key(i): json.loads(i.value_json) for i in update})
+            elif kind == "history":
+                rows.append(_history_row(record.history.item))
+            elif kind == "summary":
+                update = record.summary.update
+                summary.update({_item_key(i): json.loads(i.value_json) for i in update})
+                for i in record.summary.remove:
+                    summary.pop(_item_key(i), None)
+            elif kind == "exit":
+                finished = True
+        launches.append(rows)
+    rows = _merge_launches(launches)
     config = _cli_config(configs)
     name, group = _name_and_group(config, info["name"], info["group"], info["id"])
     summary = {k: v for k, v in summary.items() if not k.startswith("_")}
     history = pd.DataFrame(rows)
     history = history[[*[a for a in AXES if a in history], *sorted(set(history) - set(AXES))]]
     return Run(name, group, "wandb", folder, info["id"], config, history, summary, finished)
+
+
+def _merge_launches(launches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One history from a resumed run's launches: a launch's rows replace an earlier launch's
+    from the first step it logged (the steps after the checkpoint it resumed from)."""
+    rows: list[dict[str, Any]] = []
+    for launch in launches:
+        steps = [r["step"] for r in launch if _is_number(r.get("step"))]
+        if steps:
+            start = min(steps)
+            rows = [r for r in rows if not (_is_number(r.get("step")) and r["step"] >= start)]
+        rows += launch
+    return rows
 
 
 def _history_row(items: Iterable[Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from nwa.weights.adapters.model_j_lora import open_model_j_lora
 from nwa.weights.adapters.small_cnn_zoo import open_small_cnn_zoo
 from nwa.weights.io import LoraDelta, open_weights
 from nwa.zoo.manifest import SPLITS, ZooMeta, ZooWriter
+from tests.zoo_factory import write_cnn_layout
 
 # ---------------------------------------------------------------- Model-J, discriminative
 
@@ -233,28 +234,11 @@ def test_model_j_lora_bad_layouts(tmp_path):
 
 # ---------------------------------------------------------------- Small CNN Zoo
 
-CNN_LAYOUT = [  # as the public layout.csv lists them: each layer's bias before its kernel
-    ("sequential/conv2d/bias:0", (16,)),
-    ("sequential/conv2d/kernel:0", (3, 3, 1, 16)),
-    ("sequential/conv2d_1/bias:0", (16,)),
-    ("sequential/conv2d_1/kernel:0", (3, 3, 16, 16)),
-    ("sequential/conv2d_2/bias:0", (16,)),
-    ("sequential/conv2d_2/kernel:0", (3, 3, 16, 16)),
-    ("sequential/dense/bias:0", (10,)),
-    ("sequential/dense/kernel:0", (16, 10)),
-]
 N_RUNS = 30
 
 
 def _cnn_root(root: Path, n_runs: int = N_RUNS) -> tuple[Path, np.ndarray]:
-    root.mkdir(parents=True, exist_ok=True)
-    rows, start = [], 0
-    for name, shape in CNN_LAYOUT:
-        end = start + int(np.prod(shape))
-        rows.append({"varname": name, "start_idx": start, "end_idx": end, "shape": str(shape)})
-        start = end
-    assert start == 4970
-    pd.DataFrame(rows).to_csv(root / "layout.csv", index=False)
+    assert write_cnn_layout(root) == 4970
     weights = np.random.default_rng(0).standard_normal((2 * n_runs, 4970)).astype(np.float32)
     np.save(root / "weights.npy", weights)
     run = np.arange(2 * n_runs) // 2
@@ -383,3 +367,24 @@ def test_open_zoo_native_and_errors(tmp_path):
         open_zoo(tmp_path / "nope")
     with pytest.raises(ZooError, match="no Hugging Face cache entries"):
         open_zoo(tmp_path / "empty", adapter="model_j")
+
+
+def test_zoo_info_opens_every_layout_as_the_data_module_does(tmp_path, capsys):
+    from nwa.zoo.__main__ import main
+    from tests.zoo_factory import write_small_cnn_zoo
+
+    cnn = write_small_cnn_zoo(tmp_path / "cnn", n_runs=6, diverged=())
+    mj = _model_j_root(tmp_path / "mj", "csv")
+    lora = _lora_root(tmp_path / "lora", "header")
+    outs = {}
+    for root, models in ((cnn, "6 models"), (mj, "6 models"), (lora, "models")):
+        assert main(["info", str(root), "--no-distances"]) == 0, capsys.readouterr().err
+        outs[root] = capsys.readouterr().out
+        assert models in outs[root] and f"read by the {detect_adapter(root)} adapter" in outs[root]
+    assert "splits drawn with seed 0, fractions [0.8, 0.1, 0.1]" in outs[cnn]
+    assert main(["info", str(cnn), "--json", "--no-distances"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["archs"] == {"small_cnn": 6} and info["build"]["adapter"] == "small_cnn_zoo"
+    assert info["hparams"]["activation"] == {"relu": 4, "tanh": 2}
+    assert main(["info", str(cnn), "--adapter", "model_j"]) == 2
+    assert "no Hugging Face cache entries" in capsys.readouterr().err

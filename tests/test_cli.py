@@ -162,11 +162,13 @@ def test_wandb_offline_by_default_and_test_command(chain_zoo, tmp_path):
         tmp_path,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    run_log = next(tmp_path.glob("runs/wandb/offline-run-*/run-*.wandb")).read_bytes()
+    # everything of the run in its folder runs/<run_name>/<id>, the W&B id its folder's name
+    (run,) = tmp_path.glob("runs/probex-chains/*")
+    run_log = next(run.glob(f"wandb/offline-run-*/run-{run.name}.wandb")).read_bytes()
     assert (
         b"nwa.metanets.ProbeX" in run_log and b"probex-chains" in run_log
     )  # full config and run name
-    best = next(tmp_path.glob("runs/nwa/*/checkpoints/best-*.ckpt"))
+    best = next(run.glob("checkpoints/best-*.ckpt"))
     assert "ProbeX" in (best.parent.parent / "config.yaml").read_text()
     r = run_cli(
         ["nwa.test", "--config", str(cfg), "--ckpt_path", str(best), "--trainer.logger", "false"],
@@ -215,3 +217,93 @@ def test_ddp_two_cpu_processes(chain_zoo, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "test/acc" in r.stdout
     assert next(tmp_path.rglob("best-*.ckpt")).is_file()
+
+
+@pytest.mark.parametrize("logger", ["wandb", "csv", "none"])
+def test_default_root_dir_holds_checkpoints_and_logs_with_every_logger(
+    chain_zoo, tmp_path, monkeypatch, logger
+):
+    cwd, out = tmp_path / "cwd", tmp_path / "out"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
+    chosen = {
+        "wandb": [],
+        "csv": ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger"],
+        "none": ["--trainer.logger", "false"],
+    }[logger]
+    fit(["--config", str(cfg), *chosen, "--trainer.default_root_dir", str(out)])
+    if logger == "wandb":
+        import wandb
+
+        wandb.finish()
+    assert list(cwd.iterdir()) == []  # nothing in the current folder
+    (run,) = out.glob("c/*")  # <default_root_dir>/<run_name>/<id>
+    assert (run / "run.json").is_file() and (run / "config.yaml").is_file()
+    assert {p.name for p in (run / "checkpoints").iterdir()} >= {"last.ckpt"}
+    logs = {"wandb": f"wandb/offline-run-*-{run.name}/run-{run.name}.wandb", "csv": "metrics.csv"}
+    if logger in logs:
+        assert list(run.glob(logs[logger])), sorted(p.name for p in run.rglob("*"))
+
+
+def _read_only(folder: Path, command: list[str]) -> list[str]:
+    """``command`` run with ``folder`` read-only (a read-only mount for root, else chmod)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return command
+    line = " ".join(f"'{c}'" for c in command)
+    return ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o ro tmpfs '{folder}' && exec {line}"]
+
+
+@pytest.mark.parametrize("where", ["NWA_RUNS", "default_root_dir"])
+def test_hostile_trainer_settings_end_with_one_line(chain_zoo, tmp_path, where):
+    cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
+    locked = tmp_path / "locked"
+    args = [sys.executable, "-m", "nwa.fit", "--config", str(cfg)]
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT))
+    if where == "NWA_RUNS":
+        env["NWA_RUNS"] = str(locked)
+    else:
+        args += ["--trainer.default_root_dir", str(locked)]
+    r = subprocess.run(
+        _read_only(locked, args), cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [x for x in r.stderr.splitlines() if x.startswith("nwa:")]
+    assert len(lines) == 1 and "cannot write the run folder" in lines[0] and str(locked) in lines[0]
+    assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--trainer.max_epochs", "-5"], "trainer.max_epochs must be -1 (no limit) or"),
+        (["--trainer.max_steps", "-2"], "trainer.max_steps must be -1 (no limit) or"),
+        (["--trainer.val_check_interval", "-1.0"], "trainer: You have passed invalid value -1.0"),
+    ],
+)
+def test_bad_trainer_values_fail_before_anything_is_written(
+    chain_zoo, tmp_path, monkeypatch, capsys, override, message
+):
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
+    with pytest.raises(SystemExit) as exit:
+        fit(["--config", str(cfg), *override])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and message in err
+    assert len([x for x in err.splitlines() if x.startswith("nwa:")]) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_checkpointing_off_trains_says_it_cannot_resume_and_tests_final_weights(
+    chain_zoo, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
+    off = ["--trainer.enable_checkpointing", "false"]
+    _, results = fit(["--config", str(cfg), *off, *csv(tmp_path)])
+    out = capsys.readouterr().out
+    assert "nwa: checkpointing is off" in out and "cannot be resumed" in out
+    assert "test/acc" in results[0] and not list(tmp_path.rglob("*.ckpt"))

@@ -140,7 +140,7 @@ def test_wandb_history_matches_its_csv_twin_row_for_row(runs):
 
 def test_checkpoint_folder_reads_its_wandb_run_and_runs_are_found(runs):
     wandb_run = load_run(runs["wandb"])
-    ckpt_dir = runs["root"] / "runs" / "nwa" / wandb_run.run_id
+    ckpt_dir = runs["root"] / "runs" / "wb-run" / wandb_run.run_id  # the run folder
     assert (ckpt_dir / "checkpoints").is_dir()
     from_ckpt = load_run(ckpt_dir)
     assert from_ckpt.run_id == wandb_run.run_id

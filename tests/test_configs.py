@@ -70,3 +70,51 @@ def test_fragments_compose_with_a_recipe(fragment, tiny_zoo, tmp_path, monkeypat
         ]
     )
     assert results
+
+
+@pytest.fixture(scope="module")
+def small_cnn_zoo(tmp_path_factory):
+    from tests.zoo_factory import write_small_cnn_zoo
+
+    return write_small_cnn_zoo(tmp_path_factory.mktemp("small-cnn-zoo"))
+
+
+def labels_small_cnn_zoo_has(raw: dict) -> list[str]:
+    """The label overrides a recipe needs on the Small CNN Zoo, which has test and train
+    accuracy (so gen_gap) and hyperparameters, but no training classes, concepts or robustness."""
+    data = raw["data"]["init_args"]
+    target = data.get("target", "classes")
+    if target == "classes":
+        return [
+            "--data.init_args.target",
+            "properties",
+            "--data.init_args.properties",
+            "[test_acc]",
+        ]
+    if target == "properties":
+        kept = [p for p in data["properties"] if p in ("test_acc", "train_acc", "gen_gap")]
+        return ["--data.init_args.properties", f"[{', '.join(kept)}]"]
+    return ["--data.init_args.target", "activation"]  # a categorical label instead of a concept
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_recipe_runs_on_a_small_cnn_zoo_by_its_zoo_field(
+    config, small_cnn_zoo, tmp_path, monkeypatch
+):
+    """A foreign zoo (the Small CNN Zoo's public layout, NaN rows included) needs the zoo field
+    and the labels it lacks, nothing else: no tree, architecture or layer override."""
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    cli, results = fit(
+        [
+            *("--config", str(config)),
+            *("--data.init_args.zoo", str(small_cnn_zoo)),
+            *labels_small_cnn_zoo_has(raw),
+            *("--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)),
+            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
+        ]
+    )
+    dm = cli.datamodule
+    assert dm.zoo.meta.build["adapter"] == "small_cnn_zoo"
+    assert len(dm.rows) == 38  # every model but the two diverged runs
+    assert results and any(k.startswith("test/") for k in results[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -73,10 +74,14 @@ def test_permutation_augmentation_preserves_function(chain_zoo):
     )
     ds = dm.dataset("train")
     raw = ds.tensors(0)
-    aug = dm.permute(raw)
+    aug = dm.permute(raw, 0)
     assert not torch.equal(aug["conv1.weight"], raw["conv1.weight"]) or not torch.equal(
         aug["conv2.weight"], raw["conv2.weight"]
     )
+    # drawn from the seeds, the epoch and the model alone: a resumed run draws the same
+    assert torch.equal(dm.permute(raw, 0)["conv1.weight"], aug["conv1.weight"])
+    dm.set_epoch(1)
+    assert not torch.equal(dm.permute(raw, 0)["conv1.weight"], aug["conv1.weight"])
 
     def run(s, x):
         h = torch.relu(torch.nn.functional.conv2d(x, s["conv1.weight"], s["conv1.bias"], padding=1))
@@ -331,3 +336,116 @@ def test_held_batches_are_never_overwritten(chain_zoo):
         for _ in dm.train_dataloader():
             pass
     assert len(dm._memory._blocks) == 2
+
+
+# ----- any zoo by one field ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cnn_zoo(tmp_path_factory):
+    from tests.zoo_factory import write_small_cnn_zoo
+
+    return write_small_cnn_zoo(tmp_path_factory.mktemp("small-cnn"))
+
+
+def test_zoo_presets_fill_only_what_the_run_leaves_unset(chain_zoo):
+    root = str(chain_zoo.root)  # a zoo named "chains"
+    preset = [
+        {"zoos": ["default_*"], "trees": ["nothing*"]},
+        {"zoos": ["ch*"], "trees": ["tree1"], "layers": "conv2.weight"},
+    ]
+    dm = ModelZooDataModule(root, zoo_presets=preset)
+    assert set(dm.rows["tree"]) == {"tree1"} and dm.layer_names == ["conv2.weight"]
+    dm = ModelZooDataModule(root, zoo_presets=preset, layers="fc.weight", trees=["tree0"])
+    assert set(dm.rows["tree"]) == {"tree0"} and dm.layer_names == ["fc.weight"]  # run wins
+    other = [{"trees": ["vision-*"], "arch": "resnet_*", "layers": "layer4.*"}]
+    dm = ModelZooDataModule(root, zoo_presets=other)  # no such models here: every model
+    assert len(dm.rows) == len(chain_zoo.table) and dm.selection["trees"] is None
+    with pytest.raises(ConfigError, match="unknown fields \\['target'\\]"):
+        ModelZooDataModule(root, zoo_presets=[{"zoos": ["*"], "target": "tree"}])
+
+
+def test_unset_layers_fit_the_input(chain_zoo):
+    root = str(chain_zoo.root)
+    # conv2 (4x4x3x3) is the largest: 144 values against fc's 24 and conv1's 36
+    assert ModelZooDataModule(root).layer_names == ["conv2.weight"]
+    assert ModelZooDataModule(root, input="flat").layer_names == ["conv2.weight"]
+    chain = ModelZooDataModule(root, input="chain")
+    assert chain.layer_names == ["conv1.weight", "conv2.weight", "fc.weight"]
+    stats = ModelZooDataModule(root, input="stats")
+    assert stats.spec.names == [
+        f"{n}.{p}" for p in ("weight", "bias") for n in ("conv1", "conv2", "fc")
+    ]
+
+
+def test_largest_layer_is_the_deepest_of_equals(cnn_zoo):
+    dm = ModelZooDataModule(str(cnn_zoo), target="activation")
+    assert dm.layer_names == ["conv2d_2.weight"]  # conv2d_1 and conv2d_2 are both 16x16x3x3
+    dm = ModelZooDataModule(str(cnn_zoo), target="activation", layers=["matrices", "dense.bias"])
+    names = [f"{c}.weight" for c in ("conv2d", "conv2d_1", "conv2d_2", "dense")]
+    assert dm.layer_names == [*names, "dense.bias"]
+
+
+def test_a_filter_that_excludes_every_model_lists_the_trees_and_archs(chain_zoo, cnn_zoo):
+    with pytest.raises(ConfigError) as e:
+        ModelZooDataModule(str(chain_zoo.root), trees=["vision-*"], arch="resnet_*")
+    assert "has 2 trees ['tree0', 'tree1'] and 1 architectures ['cnn']" in str(e.value)
+    with pytest.raises(ConfigError, match=r"no trees \(every model stands alone\) and 1 arch"):
+        ModelZooDataModule(str(cnn_zoo), trees=["vision-*"], target="activation")
+
+
+def test_split_protocol_from_the_data_module(cnn_zoo):
+    kw = {"target": "properties", "properties": ["test_acc"]}
+    dm = ModelZooDataModule(str(cnn_zoo), **kw)  # the adapter's 80/10/10, seed 0; 2 diverged out
+    assert len(dm.rows) == 38
+    nfn = ModelZooDataModule(str(cnn_zoo), split={"fractions": [0.45, 0.05, 0.5], "seed": 1}, **kw)
+    assert nfn.rows["split"].value_counts().to_dict() == {"test": 19, "train": 17, "val": 2}
+    again = ModelZooDataModule(
+        str(cnn_zoo), split={"fractions": [0.45, 0.05, 0.5], "seed": 1}, **kw
+    )
+    assert list(again.rows["split"]) == list(nfn.rows["split"])
+    by_option = ModelZooDataModule(str(cnn_zoo), adapter_options={"seed": 3}, **kw)
+    assert list(by_option.rows["split"]) != list(dm.rows["split"])
+    with pytest.raises(ConfigError, match="split column 'optimizer' holds \\['adam', 'sgd'\\]"):
+        ModelZooDataModule(str(cnn_zoo), split={"column": "optimizer"}, **kw)
+    with pytest.raises(ConfigError, match="must be 3 numbers"):
+        ModelZooDataModule(str(cnn_zoo), split={"fractions": [0.5, 0.6]}, **kw)
+
+
+def test_split_column_names_each_models_split(cnn_zoo, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    root = shutil.copytree(cnn_zoo, tmp_path / "cnn")
+    metrics = pd.read_csv(root / "metrics.csv.gz")
+    metrics["fold"] = ["training", "validation", "test", "train"] * (len(metrics) // 4)
+    metrics.to_csv(root / "metrics.csv.gz", index=False, compression="gzip")
+    dm = ModelZooDataModule(str(root), target="activation", split={"column": "fold"})
+    folds = {"training": "train", "validation": "val", "test": "test", "train": "train"}
+    assert list(dm.rows["split"]) == [folds[lab["fold"]] for lab in dm.rows["labels"]]
+
+
+def test_labels_the_zoo_lacks_and_categorical_targets(cnn_zoo):
+    with pytest.raises(ConfigError) as e:
+        ModelZooDataModule(str(cnn_zoo), target="properties", properties=["test_acc", "robustness"])
+    message = str(e.value)
+    assert "no label 'robustness'" in message and "\n" not in message
+    assert "'test_acc'" in message and "categorical labels ['activation'" in message
+    with pytest.raises(ConfigError, match="target 'classes' needs training classes; the selected"):
+        ModelZooDataModule(str(cnn_zoo))
+    dm = ModelZooDataModule(str(cnn_zoo), target="activation")
+    assert dm.class_names == ["relu", "tanh"] and dm.targets.kind == "multiclass"
+    y = dm.encode_targets(dm.rows)
+    assert [dm.class_names[i] for i in y] == [h["activation"] for h in dm.rows["hparams"]]
+
+
+def test_a_nonfinite_model_is_named_with_its_rows_and_the_option(cnn_zoo):
+    with pytest.raises(NonFiniteWeightsError) as e:
+        ModelZooDataModule(str(cnn_zoo), target="activation", drop_nonfinite=False)
+    message = str(e.value)
+    assert "weights.npy [conv2d_2.weight]: 2304 of 2304 values are NaN or Inf" in message
+    ref = re.search(r"\(model cnn_0000(\d+), manifest row (\d+), weights.npy row (\d+)\)", message)
+    assert ref and ref[1] == ref[3] in ("11", "47") and int(ref[2]) == int(ref[3]) // 2
+    assert "drop_nonfinite: true" in message and "\n" not in message
+    with pytest.warns(UserWarning, match="leaving out 2 models with NaN/Inf weights"):
+        dm = ModelZooDataModule(str(cnn_zoo), target="activation")  # diverged runs: dropped
+    assert len(dm.rows) == 38

@@ -158,7 +158,7 @@ def test_mixture_trains_through_the_cli_and_its_checkpoint_tests(tmp_path, zoos)
     assert logged["router/purity"].dropna().eq(1.0).all()
     assert logged["router/n_trees"].dropna().eq(2.0).all()
     assert logged["test/router_purity"].dropna().eq(1.0).all()
-    ckpt = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    ckpt = next(tmp_path.glob("mote/*/checkpoints/best-*.ckpt"))  # the run folder
     saved = torch.load(ckpt, weights_only=True)
     assert saved["state_dict"]["router.centres"].shape == (2, 4 * 9)  # conv1.weight, 2 trees
     assert {k.split(".")[1] for k in saved["state_dict"] if k.startswith("experts.")} == {"0", "1"}
@@ -182,7 +182,7 @@ def test_mixture_keeps_the_same_experts_on_two_ddp_processes(tmp_path, zoos):
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = tmp_path / "runs" / "ddp" / "version_0"
     val = pd.read_csv(run_dir / "metrics.csv").dropna(subset=["val/loss_expert0"])
-    saved = torch.load(next((run_dir / "checkpoints").glob("best-*.ckpt")), weights_only=True)
+    saved = torch.load(next(tmp_path.glob("ddp/*/checkpoints/best-*.ckpt")), weights_only=True)
     # The experts' losses are summed over both processes' validation models before the choice.
     kept = saved["kept_experts"]
     for k in (0, 1):

@@ -17,7 +17,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
+from nwa.errors import ConfigError
+from nwa.resume import checkpoint_epoch
+from nwa.runs import load_run
 from nwa.zoo.report import file_hashes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +102,8 @@ def test_fit_job_trains_and_tests_with_two_ddp_processes(scratch, tiny_zoo):
     log = (scratch / "runs" / "slurm" / f"nwa-fit-{job}.out").read_text()
     assert "MEMBER: 1/2" in log and "MEMBER: 2/2" in log and "gloo" in log
     assert "test/acc" in log
-    assert list((scratch / "runs" / "slurm" / job).rglob("*.ckpt")), "no checkpoint written"
+    run = scratch / "runs" / "probex_vision" / f"nwa-{job}"  # the run folder, named by the job
+    assert list(run.glob("checkpoints/*.ckpt")), "no checkpoint written"
 
 
 def _finished_models(zoo: Path) -> int:
@@ -163,3 +168,110 @@ def test_zoo_build_array_requeued_mid_way_ends_with_the_local_build(scratch, tmp
     assert all("start 1" in log and "start 2" in log for log in logs)  # appended, not truncated
     assert "near its time limit" in logs[1]
     assert any("zoo ready" in log for log in logs)
+
+
+# ----- a fit job requeued mid-training ------------------------------------------------------------
+def _scontrol(*args: str) -> str:
+    out = subprocess.run(["scontrol", *args], capture_output=True, text=True)
+    assert out.returncode == 0, f"scontrol {' '.join(args)}: {out.stderr}"
+    return out.stdout
+
+
+def _field(job: str, name: str) -> str:
+    found = re.search(rf"\b{name}=(\S+)", _scontrol("show", "job", job))
+    return found.group(1) if found else ""
+
+
+def _seconds(text: str) -> int:
+    """Slurm's ``[D-]HH:MM:SS`` as seconds."""
+    days, _, clock = text.rpartition("-")
+    h, m, s = (int(x) for x in clock.split(":"))
+    return int(days or 0) * 86400 + h * 3600 + m * 60 + s
+
+
+def _wait_for(what: str, check, job: str, timeout: float = 300) -> float:
+    """Poll ``check()`` until it is true; the seconds it took. Fails if the job ends first."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        if _states(job) and _states(job)[0] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+            break
+        time.sleep(0.5)
+    subprocess.run(["scancel", job])
+    pytest.fail(f"job {job}: {what} did not happen in {timeout:.0f} s (state {_states(job)})")
+
+
+def _epoch(run: Path) -> int:
+    try:
+        return checkpoint_epoch(run / "checkpoints" / "last.ckpt")
+    except ConfigError:
+        return -1  # no checkpoint yet
+
+
+def _start_now(job: str, *fields: str) -> float:
+    """Wait until the requeued job is pending, then let it start: Slurm holds a requeued job for
+    two minutes before it may run again, which the test does not wait out. Returns the seconds
+    from the call until the job runs again."""
+    start = time.monotonic()
+    _wait_for("requeue", lambda: _states(job) == ["PENDING"], job, timeout=120)
+    _scontrol("update", f"jobid={job}", "StartTime=now", *fields)
+    _wait_for("restart", lambda: _states(job) == ["RUNNING"], job, timeout=120)
+    return time.monotonic() - start
+
+
+def test_fit_job_requeued_by_scontrol_and_by_its_time_limit_resumes_its_run(scratch, tiny_zoo):
+    """A jobs/fit.sbatch job is requeued twice mid-training: by ``scontrol requeue``, then by
+    the time-limit signal (``--signal=SIGUSR1@90``: the test shortens the job's time limit so the
+    signal is due). Each launch resumes from the last finished epoch with the same W&B run id,
+    and the job ends with the weights and test metrics of an unbroken job."""
+    args = [
+        str(ROOT / "configs" / "probex_vision.yaml"),
+        *("--data.init_args.zoo", str(tiny_zoo), "--data.init_args.batch_size", "2"),
+        *("--trainer.max_epochs", "120", "--trainer.enable_progress_bar", "false"),
+    ]
+    opts = ("--gpus-per-node=0", "--cpus-per-task=1")
+    ref = _submit(scratch, *opts, "jobs/fit.sbatch", *args)
+    job = _submit(
+        scratch, *opts, "jobs/fit.sbatch", *args, "--trainer.callbacks+=tests.pacing.Pace"
+    )
+    run = scratch / "runs" / "probex_vision" / f"nwa-{job}"
+    log = scratch / "runs" / "slurm" / f"nwa-fit-{job}.out"
+
+    _wait_for("epoch 3", lambda: _epoch(run) >= 3, job)
+    _scontrol("requeue", job)
+    restart_s = _start_now(job)
+    first = json.loads((run / "run.json").read_text())["launches"]
+    _wait_for("a resumed epoch", lambda: _epoch(run) >= 8, job)
+    # due now: fit.sbatch asks for SIGUSR1 90 s before the limit; Slurm checks every 30 s
+    limit = -(-(_seconds(_field(job, "RunTime")) + 45) // 60)
+    _scontrol("update", f"jobid={job}", f"TimeLimit={limit}")
+    signal_s = _wait_for(
+        "the time-limit signal",
+        lambda: log.is_file() and "nwa: Slurm time limit near" in log.read_text(),
+        job,
+        timeout=120,
+    )
+    _start_now(job, "TimeLimit=30")
+    assert _wait(job) == ["COMPLETED"] and _wait(ref) == ["COMPLETED"]
+    print(f"restart after scontrol requeue {restart_s:.1f} s, signal {signal_s:.1f} s after update")
+
+    info = json.loads((run / "run.json").read_text())
+    epochs = [launch["epoch"] for launch in info["launches"]]
+    assert len(first) == 1 and len(epochs) == 3 and epochs[0] is None and 3 <= epochs[1] < epochs[2]
+    text = log.read_text()
+    for n in (1, 2, 3):
+        assert f"launch {n}, run id nwa-{job}" in text
+    resumed = re.findall(r"nwa: resuming run .* epoch (\d+) done, .*\(W&B run (\S+)\)", text)
+    assert [(int(e), i) for e, i in resumed] == [(e, f"nwa-{job}") for e in epochs[1:]]
+    assert len(list((run / "wandb").glob(f"offline-run-*-nwa-{job}"))) == 3  # one W&B run
+    reference = scratch / "runs" / "probex_vision" / f"nwa-{ref}"
+    a, b = (
+        torch.load(r / "checkpoints" / "last.ckpt", weights_only=True) for r in (run, reference)
+    )
+    assert a["epoch"] == b["epoch"] == 119
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
+    got, want = load_run(run), load_run(reference)
+    tests = [k for k in want.summary if k.startswith("test/")]
+    assert tests and {k: got.summary[k] for k in tests} == {k: want.summary[k] for k in tests}
+    assert list(got.values("val/loss")) == list(want.values("val/loss"))

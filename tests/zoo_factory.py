@@ -65,3 +65,70 @@ def write_chain_zoo(root: Path, trees: int = 2, per_tree: int = 12, seed: int = 
                 )
             )
     return writer.finalize(expected=trees * per_tree)
+
+
+# ----- the Small CNN Zoo's public layout ------------------------------------------------------------
+CNN_LAYOUT = [  # as the public layout.csv lists them: each layer's bias before its kernel
+    ("sequential/conv2d/bias:0", (16,)),
+    ("sequential/conv2d/kernel:0", (3, 3, 1, 16)),  # TensorFlow order: [kh, kw, in, out]
+    ("sequential/conv2d_1/bias:0", (16,)),
+    ("sequential/conv2d_1/kernel:0", (3, 3, 16, 16)),
+    ("sequential/conv2d_2/bias:0", (16,)),
+    ("sequential/conv2d_2/kernel:0", (3, 3, 16, 16)),
+    ("sequential/dense/bias:0", (10,)),
+    ("sequential/dense/kernel:0", (16, 10)),  # [in, out]
+]
+
+
+def write_cnn_layout(root: Path) -> int:
+    """``root/layout.csv`` as the Small CNN Zoo ships it; returns the parameters per row (4970)."""
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows, start = [], 0
+    for name, shape in CNN_LAYOUT:
+        end = start + int(torch.tensor(shape).prod())
+        rows.append({"varname": name, "start_idx": start, "end_idx": end, "shape": str(shape)})
+        start = end
+    pd.DataFrame(rows).to_csv(root / "layout.csv", index=False)
+    return start
+
+
+def write_small_cnn_zoo(root: Path, n_runs: int = 40, diverged: tuple[int, ...] = (5, 23)) -> Path:
+    """A zoo in the Small CNN Zoo's public layout (``weights.npy``, ``layout.csv``,
+    ``metrics.csv.gz``): two checkpoints per run (step 0 and the last), ``config.*``
+    hyperparameters, test accuracy readable from the dense kernel, and ``diverged`` runs whose
+    last checkpoint holds NaN weights and NaN metrics, as diverged runs of the public zoo do."""
+    import numpy as np
+    import pandas as pd
+
+    width = write_cnn_layout(root)
+    rng = np.random.default_rng(0)
+    weights = (0.1 * rng.standard_normal((2 * n_runs, width))).astype(np.float32)
+    run = np.arange(2 * n_runs) // 2
+    last = np.arange(2 * n_runs) % 2 == 1
+    acc = 1 / (1 + np.exp(-20 * weights[:, 4810:].mean(axis=1)))  # from the dense kernel
+    for r in diverged:
+        weights[2 * r + 1] = np.nan
+        acc[2 * r + 1] = np.nan
+    np.save(root / "weights.npy", weights)
+    metrics = pd.DataFrame(
+        {
+            "config.learning_rate": 10.0 ** -(2 + run % 3),
+            "config.optimizer": np.where(run % 2, "adam", "sgd"),
+            "config.activation": np.where(run % 3, "relu", "tanh"),
+            "config.w_init": "glorot_uniform",
+            "config.dropout": 0.1,
+            "config.l2reg": 1e-4,
+            "config.init_std": 0.05,
+            "config.train_fraction": 1.0,
+            "modeldir": [f"run_{r:05d}" for r in run],
+            "step": np.where(last, 86, 0),
+            "test_accuracy": acc,
+            "train_accuracy": acc + 0.05,
+            "test_loss": np.where(np.isnan(acc), np.nan, 1.5),
+            "train_loss": np.where(np.isnan(acc), np.nan, 1.4),
+        }
+    )
+    metrics.to_csv(root / "metrics.csv.gz", index=False, compression="gzip")
+    return root

@@ -2,133 +2,40 @@
 
 from __future__ import annotations
 
-import fnmatch
 import random
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, get_worker_info
 
+from nwa.data.dataset import CollatedItems, WeightDataset
 from nwa.data.reading import (
     BATCHED_INPUTS,
     INPUTS,
     BatchLayout,
     BatchMemory,
     Normalizer,
-    check_finite_batch,
     collate,
-    make_input,
     read_layers,
-    read_layers_into,
     resolve_spec,
 )
-from nwa.errors import ConfigError, NonFiniteWeightsError, ZooError
+from nwa.data.sampling import EpochShuffle, derived_seed, global_seed
+from nwa.data.selection import AUTO_LAYERS, apply_presets, resplit, select_rows
+from nwa.data.targets import Target
+from nwa.errors import ConfigError, NonFiniteWeightsError, NwaError
 from nwa.tasks import Targets
 from nwa.weights.spec import WeightShapes
 from nwa.zoo.manifest import Zoo
 
-TARGETS = ("classes", "concept", "tree", "arch", "properties")
 _NORM_MODELS = 256
-
-
-class WeightDataset(Dataset):
-    """Models of a zoo as ``{"x": input, "y": target, "index": row}`` items.
-
-    Reads only the selected tensors of each model, lazily; with ``cache`` the read tensors are
-    kept (only those, never whole models), so later epochs read nothing. A DataLoader fetches a
-    batch at once (:meth:`__getitems__`): for the ``matrix`` and ``flat`` inputs each model is
-    read straight into its slot of the batch.
-    """
-
-    def __init__(
-        self, module: ModelZooDataModule, rows: pd.DataFrame, augment: bool = False
-    ) -> None:
-        self.dm = module
-        self.rows = rows.reset_index(drop=True)
-        self._records = self.rows.to_dict("records")  # row access per item: pandas is slow
-        self.augment = augment
-        self.targets = module.encode_targets(self.rows)
-        self._cache: dict[int, dict[str, torch.Tensor]] = {}
-        self._inputs: dict[int, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def tensors(self, i: int) -> dict[str, torch.Tensor]:
-        if i in self._cache:
-            return self._cache[i]
-        t = read_layers(self.dm.zoo, self._records[i], self.dm.spec.names)
-        if self.dm.cache:
-            self._cache[i] = t
-        return t
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if i in self._inputs:
-            return {"x": self._inputs[i], "y": self.targets[i], "index": i}
-        tensors = self.dm.normalizer(self.tensors(i))
-        if self.augment:
-            tensors = self.dm.permute(tensors)
-        x = make_input(self.dm.input, tensors, self.dm.spec, self.dm.layer_names)
-        if self.dm.cache and not self.augment and self.dm.input == "stats":
-            # StatNN features sort every tensor: compute them once, not every epoch.
-            self._inputs[i] = x
-        return {"x": x, "y": self.targets[i], "index": i}
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        """The items of a batch, fetched together (the DataLoader calls this, not ``[i]``).
-
-        For the ``matrix`` and ``flat`` inputs every model is read straight into its slot of one
-        batch, which is then checked and normalised whole; the items are views of that batch:
-        the module's collate returns the batch as is, any other collate still gets plain items.
-        """
-        dm, layout = self.dm, self.dm.layout
-        if layout is None or self.augment:
-            return [self[i] for i in indices]
-        x, slots = layout.empty(len(indices), dm.batch_memory)
-        read = []
-        for j, (i, slot) in enumerate(zip(indices, slots)):
-            cached = self._cache.get(i)
-            if cached is None:
-                read_layers_into(dm.zoo, self._records[i], slot)
-                read.append(j)
-            else:
-                for n, t in slot.items():
-                    t.copy_(cached[n])
-        # One pass per tensor over the whole batch: far fewer operations (and thread
-        # wake-ups) than one per model.
-        layers = layout.layers(x)
-        check_finite_batch(layers, lambda j: dm.zoo.path_of(self._records[indices[j]]))
-        if dm.cache:
-            for j in read:
-                self._cache[indices[j]] = {n: t.clone() for n, t in slots[j].items()}
-        dm.normalizer.apply_(layers)
-        y = self.targets[indices]
-        return CollatedItems(layout, {"x": x, "y": y, "index": torch.tensor(indices)})
-
-
-class CollatedItems(Sequence):
-    """Items of a batch that was built whole; ``batch`` is what collating them gives.
-
-    The module's collate takes ``batch`` as is, so the items (views of it) are made only when
-    another collate asks for them.
-    """
-
-    def __init__(self, layout: BatchLayout, batch: dict[str, Any]) -> None:
-        self.layout, self.batch = layout, batch
-
-    def __len__(self) -> int:
-        return len(self.batch["index"])
-
-    def __getitem__(self, j: Any) -> Any:
-        if isinstance(j, slice):
-            return [self[k] for k in range(len(self))[j]]
-        j = range(len(self))[j]
-        b = self.batch
-        return {"x": self.layout.item(b["x"], j), "y": b["y"][j], "index": int(b["index"][j])}
+DIVERGED = ("small_cnn_zoo",)
+"""Adapters of zoos that hold diverged (NaN) runs, which ``drop_nonfinite`` leaves out by default."""
 
 
 class ModelZooDataModule(L.LightningDataModule):
@@ -137,28 +44,48 @@ class ModelZooDataModule(L.LightningDataModule):
     Everything a model needs to be built (shapes, number of classes, property names) is known
     right after construction, for LightningCLI argument links.
 
+    Any zoo works by ``zoo`` alone: every model is used unless ``trees``/``arch`` (or a matching
+    ``zoo_presets`` entry) narrow them, and unset ``layers`` fit the input (:data:`AUTO_LAYERS`:
+    the largest weight matrix for ``matrix``/``flat``, every weight and bias for ``stats``, every
+    weight of two or more dimensions for ``chain``/``graph``).
+
     Args:
         zoo: A zoo directory, a public-zoo directory read by ``adapter``, or the name of an
             embedded zoo config (``tiny``, ``default_vision``, ``default_lora``) built on first use
             and cached under ``$NWA_HOME``.
         adapter: ``model_j``, ``model_j_lora`` or ``small_cnn_zoo`` for public layouts; ``None``
             detects the layout.
-        layers: Which tensors: an exact name, a glob, ``re:REGEX``, an index into the layout, or
-            a list of these.
+        adapter_options: Options of the adapter's reader, e.g. ``{step: last, seed: 0}`` for the
+            Small CNN Zoo (see :mod:`nwa.weights.adapters`).
+        layers: Which tensors: an exact name, a glob, ``re:REGEX``, an index into the layout,
+            ``largest`` (the largest tensor of two or more dimensions, the deepest among equals),
+            ``matrices`` (every such tensor), or a list of these; ``None``: by ``input``.
         input: The metanetwork family's input: ``matrix`` (one 2-D matrix per layer), ``flat``
             (one vector), ``stats`` (StatNN features), ``graph`` (neural graph), ``chain``
             (per-layer weights and biases, for neuron tokens).
-        target: ``classes`` (multi-label training classes), ``concept``, ``tree`` or ``arch``
-            (multi-class), or ``properties`` (regression).
-        properties: Regression targets for ``target: properties``.
-        trees: Keep only models whose tree matches one of these globs.
-        arch: Keep only models whose architecture matches this glob.
+        target: ``classes`` (multi-label training classes), ``properties`` (regression), or a
+            categorical label to classify: ``concept``, ``tree``, ``arch``, or any label or
+            hyperparameter the models record (e.g. ``activation`` in the Small CNN Zoo).
+        properties: Regression targets for ``target: properties`` (models without a value are
+            left out, with a warning).
+        trees: Keep only models whose tree matches one of these globs (``None``: every tree).
+        arch: Keep only models whose architecture matches this glob (``None``: every one).
+        zoo_presets: Choices for particular zoos: a list of ``{trees, arch, layers}`` (and
+            optionally ``zoos``: name globs); the first entry whose trees and arch select some of
+            the zoo's models (in a zoo whose name matches) fills the fields this config leaves
+            unset (recipes name the trees and layers of the zoos nwa builds this way).
+        split: Split the selected models other than as the zoo does: ``{fractions: [train, val,
+            test], seed: 0}`` (a seeded random split; NFN holds out half for test:
+            ``[0.45, 0.05, 0.5]``) or ``{column: NAME}`` (split names from a label or
+            hyperparameter).
         train_splits: Manifest splits used for training.
         val_splits: Manifest splits used for validation.
         test_splits: Manifest splits used for testing.
         normalize: Standardize each layer by its mean and std over training models.
         permute_augment: Permute hidden neurons of training models (``chain`` and ``graph``).
-        drop_nonfinite: Drop models with NaN/Inf weights (with a warning) instead of failing.
+        drop_nonfinite: Leave out models with NaN/Inf weights (with a warning) instead of
+            failing; ``None``: only in zoos known to hold diverged runs (the Small CNN Zoo, whose
+            authors drop them too).
         batch_size: Global batch size; each of ``world_size`` ranks gets an equal share.
         num_workers: DataLoader worker processes.
         cache: Keep read tensors in memory (only the selected layers).
@@ -170,18 +97,21 @@ class ModelZooDataModule(L.LightningDataModule):
         self,
         zoo: str,
         adapter: str | None = None,
-        layers: str | int | list[str | int] = "*weight",
+        adapter_options: dict[str, Any] | None = None,
+        layers: str | int | list[str | int] | None = None,
         input: Literal["matrix", "flat", "stats", "graph", "chain"] = "matrix",
-        target: Literal["classes", "concept", "tree", "arch", "properties"] = "classes",
+        target: str = "classes",
         properties: Sequence[str] = ("test_acc", "gen_gap", "robustness"),
         trees: Sequence[str] | None = None,
         arch: str | None = None,
+        zoo_presets: list[dict[str, Any]] | None = None,
+        split: dict[str, Any] | None = None,
         train_splits: Sequence[str] = ("train",),
         val_splits: Sequence[str] = ("val",),
         test_splits: Sequence[str] = ("test",),
         normalize: bool = True,
         permute_augment: bool = False,
-        drop_nonfinite: bool = False,
+        drop_nonfinite: bool | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         cache: bool = True,
@@ -192,8 +122,6 @@ class ModelZooDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if input not in INPUTS:
             raise ConfigError(f"input {input!r} is not one of {INPUTS}")
-        if target not in TARGETS:
-            raise ConfigError(f"target {target!r} is not one of {TARGETS}")
         if permute_augment and input not in ("chain", "graph"):
             raise ConfigError(
                 "permute_augment needs input 'chain' or 'graph' (whole networks, so the permutation is a symmetry)"
@@ -202,25 +130,40 @@ class ModelZooDataModule(L.LightningDataModule):
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         self.input, self.target, self.properties = input, target, list(properties)
         self.batch_size, self.num_workers, self.cache = batch_size, num_workers, cache
-        self.zoo = _open_zoo(zoo, adapter)
-        self.rows = self._filter(self.zoo.table, trees, arch, drop_nonfinite)
+        self.zoo = _open_zoo(zoo, adapter, adapter_options)
+        given = {"trees": trees, "arch": arch, "layers": layers}
+        self.selection = apply_presets(self.zoo, zoo_presets, given)
+        if self.selection["layers"] is None:
+            self.selection["layers"] = AUTO_LAYERS[input]
+        rows = select_rows(self.zoo, self.selection["trees"], self.selection["arch"])
+        self._target = Target(self.zoo, target, properties)
+        self.rows = self._first_per_split(self._target.keep(resplit(rows, self.zoo, split)))
         self.splits = {
             "train": list(train_splits),
             "val": list(val_splits),
             "test": list(test_splits),
         }
-        self._check_labels()
-        self.spec, self.extra_names = resolve_spec(self.zoo, self.rows, layers, input)
+        for stage, names in self.splits.items():
+            if stage != "test" and self.rows["split"].isin(names).sum() == 0:
+                raise ConfigError(
+                    f"{self.zoo.root}: no selected model is in the {stage} splits {names}; "
+                    f"they are in {sorted(set(self.rows['split']))}"
+                )
+        self.spec, self.extra_names = resolve_spec(
+            self.zoo, self.rows, self.selection["layers"], input
+        )
         self.layer_names = [n for n in self.spec.names if n not in self.extra_names]
         self.layout = (
             BatchLayout(input, self.spec, self.layer_names) if input in BATCHED_INPUTS else None
         )
         self._memory = BatchMemory()
-        self.class_names = self._class_names()
+        self.class_names = self._target.names(self.rows)
         self.normalizer = Normalizer.identity(self.spec.names)
         self._datasets: dict[str, WeightDataset] = {}
-        self._rng = random.Random(seed)
-        if drop_nonfinite:
+        self.epoch = 0  # the training epoch augmentations are drawn for (see set_epoch)
+        if drop_nonfinite or (
+            drop_nonfinite is None and self.zoo.meta.build.get("adapter") in DIVERGED
+        ):
             self.rows = self._drop_nonfinite(self.rows)
         if normalize:
             self.normalizer = self._fit_normalizer()
@@ -271,87 +214,55 @@ class ModelZooDataModule(L.LightningDataModule):
 
     @property
     def task_type(self) -> str:
-        return {"classes": "multilabel", "properties": "regression"}.get(self.target, "multiclass")
+        return self._target.task_type
 
     # ----- rows, labels -----
-    def _filter(
-        self, table: pd.DataFrame, trees: Sequence[str] | None, arch: str | None, drop: bool
-    ) -> pd.DataFrame:
-        rows = table
-        if trees:
-            rows = rows[[any(fnmatch.fnmatchcase(t, g) for g in trees) for t in rows["tree"]]]
-        if arch:
-            rows = rows[[fnmatch.fnmatchcase(a, arch) for a in rows["arch"]]]
-        if rows.empty:
-            raise ConfigError(
-                f"{self.zoo.root}: no model matches trees={list(trees or [])} arch={arch!r}; trees: {sorted(set(table['tree']))[:8]}, archs: {sorted(set(table['arch']))}"
-            )
+    def _first_per_split(self, rows: pd.DataFrame) -> pd.DataFrame:
         max_models = self.hparams.max_models
         if max_models:
             rows = rows.groupby("split", group_keys=False).apply(lambda g: g.head(max_models))
         return rows.reset_index(drop=True)
 
-    def _check_labels(self) -> None:
-        root = self.zoo.root
-        if self.target == "classes" and not any(len(c) for c in self.rows["classes"]):
-            raise ConfigError(
-                f"{root}: target 'classes' needs training classes, but the selected models have none"
-            )
-        if self.target == "concept" and not any(self.rows["concept"]):
-            raise ConfigError(
-                f"{root}: target 'concept' needs concepts, but the selected models have none"
-            )
-        if self.target == "properties":
-            if not self.properties:
-                raise ConfigError("target 'properties' needs at least one property")
-            for p in self.properties:
-                try:
-                    values = self.zoo.label(p)
-                except ZooError as e:
-                    raise ConfigError(str(e)) from None
-                if values.loc[self.zoo.table["id"].isin(self.rows["id"])].isna().all():
-                    raise ConfigError(f"{root}: label {p!r} is unknown for every selected model")
-        for stage, names in self.splits.items():
-            if stage != "test" and self.rows["split"].isin(names).sum() == 0:
-                raise ConfigError(f"{root}: no selected model is in the {stage} splits {names}")
-
-    def _class_names(self) -> list[str]:
-        if self.target == "classes":
-            used = sorted({c for cs in self.rows["classes"] for c in cs})
-            return [self.zoo.meta.classes[c] for c in used]
-        if self.target == "properties":
-            return list(self.properties)
-        column = {"concept": "concept", "tree": "tree", "arch": "arch"}[self.target]
-        return sorted(set(self.rows[column]) - {""})
-
     def encode_targets(self, rows: pd.DataFrame) -> torch.Tensor:
         """The target tensor of each row: multi-hot, class index, or property values."""
-        if self.target == "classes":
-            index = {self.zoo.meta.classes.index(n): i for i, n in enumerate(self.class_names)}
-            y = torch.zeros(len(rows), len(self.class_names))
-            for r, cs in enumerate(rows["classes"]):
-                for c in cs:
-                    y[r, index[c]] = 1.0
-            return y
-        if self.target == "properties":
-            cols = [self.zoo.label(p).set_axis(self.zoo.table["id"]) for p in self.properties]
-            return torch.tensor(
-                np.stack([c.loc[rows["id"]].to_numpy(dtype=np.float32) for c in cols], axis=1)
-            )
-        index = {n: i for i, n in enumerate(self.class_names)}
-        return torch.tensor([index.get(v, -1) for v in rows[self.target]], dtype=torch.long)
+        return self._target.encode(rows, self.class_names)
+
+    def target_names(self, rows: pd.DataFrame) -> list[str]:
+        """Each row's class name, for categorical targets (a LoRA's concept, say)."""
+        return self._target.row_names(rows)
+
+    def model_ref(self, row: Mapping[str, Any]) -> str:
+        """``model ID, manifest row K`` (and the row of a one-array zoo's file, e.g. the Small
+        CNN Zoo's ``weights.npy``)."""
+        ids = self.zoo.table["id"].to_numpy()
+        ref = f"model {row['id']}, manifest row {int(np.flatnonzero(ids == row['id'])[0])}"
+        npy = (row.get("labels") or {}).get("npy_row")
+        return ref + (f", {Path(self.zoo.path_of(row)).name} row {npy}" if npy is not None else "")
+
+    def nonfinite(self, error: NonFiniteWeightsError, row: Mapping[str, Any]) -> NwaError:
+        """``error`` naming the model (id, rows) and the option that leaves such models out."""
+        return NonFiniteWeightsError(
+            error.path,
+            f"{error.reason} ({self.model_ref(row)}); set data.init_args.drop_nonfinite: true to "
+            "leave such models out",
+            error.tensor,
+        )
 
     def _drop_nonfinite(self, rows: pd.DataFrame) -> pd.DataFrame:
-        keep = []
+        keep, dropped = [], []
         for _, row in rows.iterrows():
             try:
                 read_layers(self.zoo, row, self.spec.names, check=True)
                 keep.append(True)
             except NonFiniteWeightsError as e:
-                import warnings
-
-                warnings.warn(f"dropping model {row['id']}: {e}", stacklevel=2)
+                dropped.append(f"{e} ({self.model_ref(row)})")
                 keep.append(False)
+        if dropped:
+            warnings.warn(
+                f"leaving out {len(dropped)} models with NaN/Inf weights (drop_nonfinite), e.g. "
+                f"{dropped[0]}",
+                stacklevel=2,
+            )
         return rows[keep].reset_index(drop=True)
 
     def _fit_normalizer(self) -> Normalizer:
@@ -372,11 +283,20 @@ class ModelZooDataModule(L.LightningDataModule):
             )
         return self._datasets[stage]
 
-    def permute(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Randomly permute hidden neurons of the selected chain (a function-preserving symmetry)."""
+    def set_epoch(self, epoch: int) -> None:
+        """The training epoch to draw augmentations for (the LightningModules call it)."""
+        self.epoch = epoch
+
+    def permute(self, tensors: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+        """Randomly permute hidden neurons of the selected chain (a function-preserving symmetry).
+
+        The permutation depends only on the seeds, the epoch and the model's ``index``, so a
+        resumed run draws what an unbroken run draws.
+        """
         from nwa.weights.symmetry import random_permute_state_dict
 
-        gen = torch.Generator().manual_seed(self._rng.getrandbits(31))
+        seed = derived_seed(self.hparams.seed, global_seed(), self.epoch, index)
+        gen = torch.Generator().manual_seed(seed)
         return random_permute_state_dict(tensors, self.layer_names, generator=gen)
 
     def per_rank_batch_size(self) -> int:
@@ -389,12 +309,19 @@ class ModelZooDataModule(L.LightningDataModule):
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(stage)
+        sampler = None
+        if shuffle:
+            # the order of an epoch depends on the seeds and the epoch only (resumable runs)
+            epoch = getattr(self.trainer, "current_epoch", 0)
+            self.epoch = epoch
+            sampler = EpochShuffle(ds, derived_seed(self.hparams.seed, global_seed()), epoch)
         return DataLoader(
             ds,
             batch_size=max(1, min(self.per_rank_batch_size(), len(ds))),
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # workers keep a copy of the dataset: augmenting ones restart each epoch to see it
+            persistent_workers=self.num_workers > 0 and not ds.augment,
             collate_fn=self.collate,
         )
 
@@ -453,12 +380,12 @@ class ModelZooDataModule(L.LightningDataModule):
         )
 
 
-def _open_zoo(zoo: str, adapter: str | None) -> Zoo:
+def _open_zoo(zoo: str, adapter: str | None, options: dict[str, Any] | None) -> Zoo:
     from nwa.zoo.cache import zoo_path
 
     path = zoo_path(zoo)
-    if adapter is None and (path / "zoo.json").is_file():
+    if adapter is None and not options and (path / "zoo.json").is_file():
         return Zoo.open(path)
     from nwa.weights.adapters import open_zoo
 
-    return open_zoo(path, adapter)
+    return open_zoo(path, adapter, **(options or {}))

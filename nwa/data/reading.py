@@ -27,6 +27,40 @@ def bias_name(weight: str) -> str | None:
     return weight[: -len("weight")] + "bias" if weight.endswith("weight") else None
 
 
+LAYER_KEYWORDS = ("largest", "matrices")
+"""Layer selector items chosen by shape: the largest tensor of two or more dimensions (the
+deepest of equals), or every such tensor, in module order."""
+
+
+def _items(selector: Any) -> list[Any]:
+    return [selector] if isinstance(selector, str | int) else list(selector)
+
+
+def expand_keywords(
+    selector: Any, shapes: Mapping[str, Sequence[int]], path: str | Path = "<zoo>"
+) -> Any:
+    """``selector`` with :data:`LAYER_KEYWORDS` replaced by the names they choose among
+    ``shapes`` (name -> shape, in module order); other items are kept.
+
+    Raises:
+        LayerNotFoundError: A keyword where no tensor has two or more dimensions.
+    """
+    items = _items(selector)
+    if not any(isinstance(i, str) and i in LAYER_KEYWORDS for i in items):
+        return selector
+    matrices = [n for n, shape in shapes.items() if len(shape) >= 2]
+    if not matrices:
+        raise LayerNotFoundError(
+            path, f"layers {LAYER_KEYWORDS} need a tensor of two or more dimensions; none is"
+        )
+    size = {n: math.prod(shapes[n]) for n in matrices}
+    largest = max(reversed(matrices), key=size.__getitem__)  # the deepest of equals
+    out: list[Any] = []
+    for item in items:
+        out.extend({"largest": [largest], "matrices": matrices}.get(item, [item]))
+    return out
+
+
 def resolve_spec(
     zoo: Zoo, rows: pd.DataFrame, selector: str | int | Sequence[str | int], input: str
 ) -> tuple[ZooSpec, list[str]]:
@@ -43,10 +77,11 @@ def resolve_spec(
     with zoo.open_model(first) as src:
         available = src.names()
         layout = zoo.meta.layout.get(str(first["arch"]))
-        if isinstance(selector, int) or (
-            not isinstance(selector, str) and any(isinstance(s, int) for s in selector)
-        ):
+        if any(isinstance(s, int) or s in LAYER_KEYWORDS for s in _items(selector)):
+            # index and keyword selections go by module order
             available = [n for n in layout if n in src] if layout else available
+        shapes = {n: src.info(n).shape for n in available}
+        selector = expand_keywords(selector, shapes, zoo.path_of(first))
         names = select_layers(available, selector, zoo.path_of(first))
         extra = []
         if input in ("chain", "graph"):

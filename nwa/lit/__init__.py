@@ -87,6 +87,12 @@ class WeightModule(L.LightningModule):
             xs = [b["x"] for b in dm.loader(dm.splits["train"])]
             self.encoder.fit(torch.cat(xs).to(self.device))
 
+    def on_train_epoch_start(self) -> None:
+        # augmentations are drawn per epoch, so a resumed run draws what an unbroken run drew
+        dm = self.trainer.datamodule
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.task.loss(self(batch["x"]), batch["y"])
         self.log(

@@ -106,7 +106,8 @@ class AlignModule(WeightModule):
     Args:
         encoder: The metanetwork (``class_path`` + ``init_args``), called with the data's shapes.
         shapes: Linked from the data module; leave unset.
-        targets: Linked from the data module (target ``concept``); leave unset.
+        targets: Linked from the data module (target ``concept``, or any categorical label);
+            leave unset.
         text_encoder: ``minilm`` (offline default), ``open_clip:<model>``, ``hf_clip``, or the
             import path of a TextEncoder subclass.
         text_weights: Weights for a CLIP text encoder: a local file or folder, or a Hugging Face
@@ -221,7 +222,9 @@ class AlignModule(WeightModule):
         if all(r is not None for r in raws):
             raw = random_projection(torch.cat(raws).double().numpy(), self.hparams.raw_dim)
         rows = loader.dataset.rows
-        return Encoded(torch.cat(zs).numpy(), raw, list(rows["concept"]), list(rows["id"]))
+        # the class each model has: its concept, or whichever categorical label is the target
+        concepts = dm.target_names(rows) if hasattr(dm, "target_names") else list(rows["concept"])
+        return Encoded(torch.cat(zs).numpy(), raw, concepts, list(rows["id"]))
 
     def concept_features(self, concepts: Sequence[str]) -> torch.Tensor:
         """Projected text features of named concepts (encoding any the buffer lacks).

@@ -60,7 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     i = sub.add_parser("info", help="describe a zoo")
     i.add_argument(
-        "path", help="zoo folder, or a config (file or name) whose cached zoo to describe"
+        "path",
+        help="zoo folder (nwa's format, or a public layout: Model-J, Model-J SD LoRA, the Small "
+        "CNN Zoo), or a config (file or name) whose cached zoo to describe",
+    )
+    i.add_argument(
+        "--adapter",
+        default=None,
+        help="read the folder with this adapter (model_j, model_j_lora, small_cnn_zoo); default: "
+        "detected from its files, as data.init_args.zoo is",
     )
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     i.add_argument(
@@ -117,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             zoo = merge(args.path)
             print(f"merged {len(zoo)} models: {zoo.root}")
         else:
+            from nwa.weights.adapters import open_zoo
             from nwa.zoo.info import describe, format_report
-            from nwa.zoo.manifest import Zoo
 
-            info = describe(Zoo.open(_zoo_path(args.path)), not args.no_distances, args.per_tree)
+            zoo = open_zoo(_zoo_path(args.path), args.adapter)
+            info = describe(zoo, not args.no_distances, args.per_tree)
             print(json.dumps(info, indent=2) if args.json else format_report(info))
     except NwaError as e:
         print(f"nwa: {e}", file=sys.stderr)

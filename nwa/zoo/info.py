@@ -182,7 +182,10 @@ def describe(zoo: Zoo, distances: bool = True, per_tree: int = 10) -> dict[str, 
         "hparams": hparams,
         "labels": labels,
         "distances": root_distances(zoo, per_tree) if distances else {},
-        "build": {k: zoo.meta.build.get(k) for k in ("config_hash", "seed", "n_models")}
+        "build": {
+            k: zoo.meta.build.get(k)
+            for k in ("config_hash", "seed", "n_models", "adapter", "split_from", "fractions")
+        }
         | {"timings": _timings(zoo)},
     }
 
@@ -203,6 +206,15 @@ def format_report(info: dict[str, Any]) -> str:
         f"zoo {info['name']!r} at {info['path']}",
         f"  {info['models']} models, {info['classes']} classes, {len(info['trees'])} trees",
     ]
+    build = info["build"]
+    if build.get("adapter"):
+        split = build.get("split_from")
+        how = f"; splits from {split!r}" if split and split != "seed" else ""
+        if split == "seed":
+            how = (
+                f"; splits drawn with seed {build.get('seed')}, fractions {build.get('fractions')}"
+            )
+        lines.append(f"  read by the {build['adapter']} adapter{how}")
     lines.append("  archs: " + ", ".join(f"{k} {v}" for k, v in info["archs"].items()))
     lines.append("  splits: " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
     lines.append("trees:")
