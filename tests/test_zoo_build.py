@@ -55,7 +55,7 @@ def test_tiny_zoo_opens_with_labels_and_roots(
     plan = make_plan(tiny_vision_config)
     assert len(zoo) == len(plan.members) == 18  # 2 archs x 2 roots x 3 + a forest of 6
     assert len(zoo.meta.trees) == 10 and len(zoo.meta.classes) == 10
-    assert zoo.meta.classes[7] == "sneaker"
+    assert zoo.meta.classes[7] == "cross"
     assert set(zoo.table["split"]) == {"train", "val", "test"}
     for _, row in zoo.table.iterrows():
         assert len(row["classes"]) == 5 and row["parent"] == zoo.meta.trees[row["tree"]]["root"]
@@ -168,8 +168,11 @@ def _bad(config: dict, **changes: object) -> dict:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"archs": ["resnet_micro", "convnext_huge"]}, "unknown architecture 'convnext_huge'"),
-        ({"n_classes": 11}, "n_classes=11, but source 'fashion_mnist' has 10"),
+        (
+            {"archs": ["resnet_micro", "convnext_gargantuan"]},
+            "unknown architecture 'convnext_gargantuan'",
+        ),
+        ({"n_classes": 11}, "n_classes=11, but source 'shapes' has 10"),
         ({"classes_per_member": 10}, "classes_per_member=10"),
         ({"members_per_tree": 0}, "zero models"),
         ({"source": "imagenet"}, "unknown image source 'imagenet'"),

@@ -94,7 +94,8 @@ def versions() -> dict[str, str]:
 
 
 def build_info(out: Path, plan: Plan, n_models: int) -> dict[str, Any]:
-    """``ZooMeta.build``: config, seed, versions, and timings gathered from ``build/log.jsonl``.
+    """``ZooMeta.build``: config, seed, the data each recipe read, versions, and timings gathered
+    from ``build/log.jsonl``.
 
     ``timings.per_model`` maps ``recipe/kind/arch`` to the count, mean wall and CPU seconds of
     the latest training of each model (CPU seconds show the cost on a loaded machine); ``timings.wall_seconds`` sums the wall time of every run (shards
@@ -125,6 +126,12 @@ def build_info(out: Path, plan: Plan, n_models: int) -> dict[str, Any]:
         "seed": plan.config.seed,
         "n_models": n_models,
         "n_roots": len(plan.roots),
+        # the images behind the labels: a zoo from other data never passes for this one
+        "data": [
+            {"recipe": plan.recipe_name(i)} | record
+            for i, r in enumerate(plan.recipes)
+            if (record := r.data_record())
+        ],
         "versions": versions(),
         "timings": {
             "per_model": {
