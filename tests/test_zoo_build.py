@@ -227,10 +227,16 @@ def test_parse_shard_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_shard("1-4")
 
 
-def test_every_zoo_config_plans(tmp_path: Path) -> None:
+def test_every_zoo_config_plans(offline_hub: Path) -> None:
+    """Every shipped config plans offline; the real-scale ones at their full size (their pipeline
+    from a Hugging Face cache, their datasets and pretrained roots only needed to train)."""
+    sizes = {"modelj_resnet": 1000, "modelj_vit": 900, "sd_lora": 1000}
     for path in sorted((REPO / "configs" / "zoo").glob("*.yaml")):
         plan = make_plan(path)
         assert plan.members, path
+        assert len(plan.members) == sizes.get(path.stem, len(plan.members)), path
+    vit = make_plan(REPO / "configs" / "zoo" / "modelj_vit.yaml")
+    assert len(vit.roots) == 3 and len(vit.classes) == 100 and vit.classes[1] == "aquarium fish"
 
 
 def test_splits_within_each_tree() -> None:

@@ -174,7 +174,7 @@ def source_key(source: str, options: dict[str, Any] | None = None) -> str:
 
 
 def class_names(source: str, n: int | None = None) -> list[str]:
-    """Human names of the first ``n`` classes of a source (loads only CIFAR-100 to know them)."""
+    """Human names of the first ``n`` classes of a source (without loading it)."""
     k = kind(source)
     if k == "generated":
         names = [shapes.concept_name(s, c) for s, c, _ in _shape_classes(source, None)]
@@ -185,7 +185,7 @@ def class_names(source: str, n: int | None = None) -> list[str]:
     elif k == "folder":
         names = [c.replace("_", " ") for c in external.folder_classes(_folder(source))]
     else:
-        names = external.TORCHVISION[source][4] or load_source(source).classes
+        names = external.TORCHVISION[source][4]
     return list(names[: n_classes(source) if n is None else n])
 
 

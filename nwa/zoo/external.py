@@ -37,13 +37,22 @@ DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 CIFAR10_NAMES = "airplane automobile bird cat deer dog frog horse ship truck"
 STL10_NAMES = "airplane bird car cat deer dog horse monkey ship truck"
 KMNIST_NAMES = "o ki su tsu na ha ma ya re wo"
-# name -> (torchvision class, classes, channels, side, class names or None to read them)
-TORCHVISION: dict[str, tuple[str, int, int, int, list[str] | None]] = {
+# CIFAR-100's fine labels in torchvision's order (its meta file), so configs plan without the data
+CIFAR100_NAMES = """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge
+bus butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab
+crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard
+lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom
+oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine
+possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider
+squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train
+trout tulip turtle wardrobe whale willow_tree wolf woman worm"""
+# name -> (torchvision class, classes, channels, side, class names)
+TORCHVISION: dict[str, tuple[str, int, int, int, list[str]]] = {
     "mnist": ("MNIST", 10, 1, 28, DIGIT_NAMES),
     "kmnist": ("KMNIST", 10, 1, 28, KMNIST_NAMES.split(" ")),
     "fashion_mnist": ("FashionMNIST", 10, 1, 28, FASHION_ITEMS),
     "cifar10": ("CIFAR10", 10, 3, 32, CIFAR10_NAMES.split(" ")),
-    "cifar100": ("CIFAR100", 100, 3, 32, None),
+    "cifar100": ("CIFAR100", 100, 3, 32, [n.replace("_", " ") for n in CIFAR100_NAMES.split()]),
     "svhn": ("SVHN", 10, 3, 32, DIGIT_NAMES),
     "stl10": ("STL10", 10, 3, 96, STL10_NAMES.split(" ")),
 }
@@ -137,9 +146,12 @@ def load_torchvision(name: str) -> Loaded:
     for train in (True, False):
         try:
             ds = _torchvision_split(cls, root, train, download=False)
-        except RuntimeError:  # not there (or damaged): fetch it
+        except RuntimeError:  # not there (or damaged): fetch it, one process at a time
+            from nwa.zoo.runner import file_lock
+
             try:
-                ds = _torchvision_split(cls, root, train, download=True)
+                with file_lock(root / f".{cls_name}.lock"):
+                    ds = _torchvision_split(cls, root, train, download=True)
             except Exception as e:
                 raise ConfigError(
                     f"{name}: not in {root} and torchvision could not download it "
@@ -147,8 +159,11 @@ def load_torchvision(name: str) -> Loaded:
                     f"run once with internet, or copy torchvision's {cls_name} folder there"
                 ) from None
         splits.append(ds)
-    if names is None:
-        names = [c.replace("_", " ") for c in splits[0].classes]
+    found = [c.replace("_", " ") for c in getattr(splits[0], "classes", names)]
+    if name == "cifar100" and found != names:  # its names are written above, from its meta file
+        raise ConfigError(
+            f"{name}: {root / cls_name} names its classes {found[:3]}..., not {names[:3]}..."
+        )
     x, y = _arrays(splits[0])
     tx, ty = _arrays(splits[1])
     return list(names), x, y, tx, ty, str(root / cls_name)

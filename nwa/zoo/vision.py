@@ -29,7 +29,6 @@ from torch import nn
 from nwa.errors import ConfigError
 from nwa.zoo import datasets
 from nwa.zoo.classifiers import (
-    ARCHS,
     AUGMENTATIONS,
     accuracy,
     arch_name,
@@ -221,19 +220,19 @@ class VisionRecipe(Recipe):
                 raise self._bad(f"a forest has random roots; root_weights is {weights!r}")
             if problem := check_root_weights(weights, arch):
                 raise self._bad(problem)
-            patch = ARCHS.get(arch, {}).get("patch_size")
+            try:  # on the meta device: no memory, no time, even for a ViT-L
+                with torch.device("meta"):
+                    model = build_model(arch, 2, chans, size)
+            except ConfigError as e:
+                raise self._bad(str(e)) from None
+            except Exception as e:
+                raise self._bad(f"{arch} cannot be built for {size}-pixel images ({e})") from None
+            patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+            patch = patch[0] if isinstance(patch, tuple) else patch
             if patch and size % patch:
                 raise self._bad(
                     f"{arch} patch size {patch} does not divide the {size}-pixel images"
                 )
-            try:
-                model = build_model(arch, 2, chans, size)
-                with torch.inference_mode():  # a ViT's patch grid, a too-small input, ...
-                    model.eval()(torch.zeros(1, chans, size, size))
-            except ConfigError as e:
-                raise self._bad(str(e)) from None
-            except Exception as e:
-                raise self._bad(f"{arch} does not run on {size}-pixel images ({e})") from None
 
     def classes(self) -> list[str]:
         return datasets.class_names(self.source, self._n())
