@@ -17,6 +17,7 @@ from nwa.errors import ConfigError
 from nwa.fit import run as fit
 from nwa.zoo.build import build
 from nwa.zoo.classifiers import build_model
+from nwa.zoo.manifest import Zoo
 from nwa.zoo.roots import root_model
 from nwa.zoo.vision import VisionRecipe
 
@@ -142,16 +143,30 @@ TOY_VISION = {
 }
 
 
+@pytest.fixture(scope="module")
+def resnet18_zoo(hub_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Zoo:
+    """configs/zoo/modelj_resnet.yaml at toy scale: its timm root from the offline cache."""
+    from tests.hf_cache import use_offline_cache
+
+    with pytest.MonkeyPatch.context() as patch:
+        use_offline_cache(patch, hub_cache)
+        config = shipped("modelj_resnet", **TOY_VISION, members_per_tree=6)
+        zoo = build(config, tmp_path_factory.mktemp("modelj_resnet") / "zoo").zoo
+    assert zoo is not None
+    return zoo
+
+
 @pytest.mark.slow
-def test_modelj_resnet_at_toy_scale_trains_probex(offline_hub: Path, tmp_path: Path) -> None:
-    config = shipped("modelj_resnet", **TOY_VISION, members_per_tree=6)  # root_weights: timm
-    zoo = build(config, tmp_path / "zoo").zoo
-    assert zoo is not None and len(zoo) == 6 and set(zoo.table["arch"]) == {"resnet18"}
+def test_modelj_resnet_at_toy_scale_trains_probex(
+    resnet18_zoo: Zoo, hub_cache: Path, tmp_path: Path
+) -> None:
+    zoo = resnet18_zoo  # root_weights: timm, as shipped
+    assert len(zoo) == 6 and set(zoo.table["arch"]) == {"resnet18"}
     (tree,) = zoo.meta.trees.values()
     assert tree["init"] == "timm:resnet18.a1_in1k"
     assert tree["head"] == "re-initialised (1000 -> 10 classes)"
     cached = load_file(
-        str(next(offline_hub.glob("models--timm--resnet18*/snapshots/*/model.safetensors")))
+        str(next(hub_cache.glob("models--timm--resnet18*/snapshots/*/model.safetensors")))
     )
     root = load_file(str(zoo.root / tree["path"]))
     assert torch.equal(root["layer1.0.conv1.weight"], cached["layer1.0.conv1.weight"])
@@ -160,6 +175,31 @@ def test_modelj_resnet_at_toy_scale_trains_probex(offline_hub: Path, tmp_path: P
     (data,) = zoo.meta.build["data"]
     assert data["source"] == "shapes" and data["image_size"] == 32 and data["train_images"] == 800
     assert 0 <= vision_probex(zoo.root, tmp_path, "resnet18", "layer4.0.conv2.weight") <= 1
+
+
+# Recipes whose one-batch run on 11 M-parameter members takes seconds; Dense, the flat MLP,
+# StatNN (both) and NWPA also run on them, in 1-2 minutes each on a busy 2-core machine.
+VISION_RECIPES = ["experts_vision.yaml", "pca_vision.yaml", "weightnet_vision.yaml"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", VISION_RECIPES)
+def test_every_vision_recipe_runs_on_resnet18_members(
+    resnet18_zoo: Zoo, recipe: str, tmp_path: Path
+) -> None:
+    """The zoo format is unchanged: metanetwork recipes read the real architecture's layers as
+    they are (one fast_dev_run batch)."""
+    _, results = fit(
+        [
+            *("--config", str(REPO / "configs" / recipe)),
+            *("--data.init_args.zoo", str(resnet18_zoo.root), "--data.init_args.trees", '["*"]'),
+            *("--data.init_args.arch", "resnet18", "--trainer.fast_dev_run", "true"),
+            *("--trainer.default_root_dir", str(tmp_path)),
+            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
+            *("--trainer.logger.save_dir", str(tmp_path)),
+        ]
+    )
+    assert results and any(k.startswith("test/") for k in results[0])
 
 
 @pytest.mark.slow

@@ -54,10 +54,11 @@ VARIANTS: dict[str, dict[str, int]] = {
 
 
 class LoraRecipe(LoraTraining, Recipe):
-    """Trees of a tiny text-conditioned UNet with peft LoRA members, one concept each.
+    """Trees of a text-conditioned UNet (nwa's tiny one or a pipeline's) with peft LoRA members,
+    one concept each.
 
-    Concepts are item x colour compositions (:func:`nwa.zoo.datasets.concepts`, e.g. "red
-    sneaker"). ``n_val_holdout + n_test_holdout`` concepts (fixed by ``holdout_seed``) are held out:
+    Concepts are compositions such as "red striped circle" (:func:`nwa.zoo.concepts.concepts`),
+    a folder's classes, or named ones drawn by the pipeline. ``n_val_holdout + n_test_holdout`` concepts (fixed by ``holdout_seed``) are held out:
     all their models go to ``val_holdout`` / ``test_holdout`` for zero-shot evaluation; the other
     concepts' models are split train/val/test within each concept.
 
