@@ -157,8 +157,13 @@ def test_source_keys_name_the_data_not_just_the_name(monkeypatch: pytest.MonkeyP
     key = datasets.source_key("shapes")
     assert f"v{shapes.GENERATOR_VERSION}" in key and "n_train=25000" in key
     assert datasets.source_key("shapes", {"n_train": 10}) != key
+    from nwa.zoo.plan import load_config
+
+    tiny = load_config("tiny")
+    digest = tiny.digest()
     monkeypatch.setattr(shapes, "GENERATOR_VERSION", shapes.GENERATOR_VERSION + 1)
     assert datasets.source_key("shapes") != key
+    assert tiny.digest() != digest  # the embedded zoos' cache folders follow the generator
     a = datasets.data_record(datasets.load_source("digits"), "digits")
     b = datasets.data_record(datasets.load_source("digits", 5), "digits")
     assert a["fingerprint"] != b["fingerprint"] and a["origin"] == "sklearn.datasets.load_digits"
