@@ -89,6 +89,18 @@ def test_root_weights_from_a_file_keep_all_but_a_mismatched_head(tmp_path: Path)
         root_model("resnet_micro", str(tmp_path / "cut.safetensors"), 10, 3, 28)
 
 
+def test_vit_weights_from_another_size_and_without_a_head(tmp_path: Path) -> None:
+    source = build_model("vit_tiny_patch16_224", 1000, 3, 224).state_dict()
+    headless = {k: v.contiguous() for k, v in source.items() if not k.startswith("head.")}
+    save_file(headless, str(tmp_path / "vit.safetensors"))
+    model, info = root_model("vit_tiny_patch16_224", str(tmp_path / "vit.safetensors"), 10, 3, 32)
+    assert info["head"] == "re-initialised (no -> 10 classes)"
+    assert model.pos_embed.shape == (1, 5, 192)  # 224-pixel embeddings resampled to a 2x2 grid
+    assert torch.equal(model.blocks[0].attn.qkv.weight, source["blocks.0.attn.qkv.weight"])
+    with pytest.raises(ConfigError, match="vit.safetensors: has no tensor 'conv1.weight'"):
+        root_model("resnet18", str(tmp_path / "vit.safetensors"), 10, 3, 32)
+
+
 def test_root_weights_from_the_hub_cache_offline(offline_hub: Path) -> None:
     cached = load_file(
         str(next(offline_hub.glob("models--timm--resnet18*/snapshots/*/model.safetensors")))

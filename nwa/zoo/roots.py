@@ -50,6 +50,21 @@ def check(value: str, arch: str) -> str | None:
     return None
 
 
+def weights_key(value: str, arch: str) -> str:
+    """What identifies a root's weights in a zoo's cache key (no I/O beyond a file's size)."""
+    if value == "timm":
+        return f"timm:{arch}"
+    if value.startswith(HUB) or value == "random":
+        return value
+    path = Path(value).expanduser().resolve()
+    size = (
+        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if path.is_dir()
+        else (path.stat().st_size if path.exists() else -1)
+    )
+    return f"{path}:{size}"
+
+
 def _state(spec: str) -> tuple[dict[str, torch.Tensor], str]:
     path = model_path(spec)
     try:
@@ -61,31 +76,52 @@ def _state(spec: str) -> tuple[dict[str, torch.Tensor], str]:
         raise ConfigError(str(e)) from None
 
 
-def _fit(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> int | None:
-    """Load ``state`` into a built-in row, leaving a head of another class count as initialised;
-    returns that head's class count (``None`` when it was loaded)."""
+def _fit(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> str:
+    """Load ``state`` into ``model`` strictly, except its classifier head, which stays as
+    initialised when the file has none or one of another class count; says which."""
     head = {
         f"{n}.{p}"
         for n, m in model.named_modules()
         if m is model.get_classifier()
         for p in ("weight", "bias")
     }
-    own = model.state_dict()
-    found = None
-    for key, value in own.items():
+    note = "loaded"
+    for key, value in model.state_dict().items():
+        if key in head and (key not in state or state[key].shape != value.shape):
+            old = f"{state[key].shape[0]}" if key in state else "no"
+            note = f"re-initialised ({old} -> {value.shape[0]} classes)"
+            continue
         if key not in state:
             if key.endswith("num_batches_tracked"):
                 continue
             raise ConfigError(f"{where}: has no tensor {key!r} of the model")
         if state[key].shape != value.shape:
-            if key in head:
-                found = int(state[key].shape[0])
-                continue
             raise ConfigError(
                 f"{where} [{key}]: shape {tuple(state[key].shape)}, the model's {tuple(value.shape)}"
             )
         value.copy_(state[key])
-    return found
+    return note
+
+
+def _adapt(
+    model: nn.Module, state: dict[str, torch.Tensor], in_chans: int
+) -> dict[str, torch.Tensor]:
+    """A checkpoint in the model's own terms: timm's conversion for its family (key names, a
+    ViT's position embedding resampled to the input size) and a first convolution summed or
+    repeated to the input's channels."""
+    import sys
+
+    from timm.models import adapt_input_conv
+
+    convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if convert is not None and type(model).__module__.startswith("timm."):
+        state = convert(dict(state), model)
+    first = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    for name in [first] if isinstance(first, str) else first or []:
+        key = f"{name}.weight"
+        if key in state and state[key].ndim == 4 and state[key].shape[1] != in_chans:
+            state[key] = adapt_input_conv(in_chans, state[key], base_chans=state[key].shape[1])
+    return state
 
 
 def root_model(
@@ -100,66 +136,42 @@ def root_model(
     Raises:
         ConfigError: Weights that cannot be fetched or do not fit the architecture (one line).
     """
-    if weights == "random":
-        return build_model(arch, num_classes, in_chans, img_size), {
-            "init": "random",
-            "head": "random",
-        }
     if weights == "timm":
         return _timm_pretrained(arch, num_classes, in_chans, img_size)
+    model = build_model(arch, num_classes, in_chans, img_size)
+    if weights == "random":
+        return model, {"init": "random", "head": "random"}
     state, where = _state(weights)
-    if arch in ARCHS:
-        model = build_model(arch, num_classes, in_chans, img_size)
-        with torch.no_grad():
-            head = _fit(model, state, where)
-        return model, {"init": weights, "head": _head_note(head, num_classes)}
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(arch)
-    cfg = cfg.to_dict() if cfg is not None else {}
-    classifier = cfg.get("classifier", "head")
-    key = f"{classifier}.weight"
-    head = int(state[key].shape[0]) if key in state else int(cfg.get("num_classes", num_classes))
-    overlay = {"state_dict": state, "num_classes": head, "classifier": classifier}
-    model = _load(arch, weights, num_classes, in_chans, img_size, overlay)
-    return model, {
-        "init": weights,
-        "head": _head_note(head if head != num_classes else None, num_classes),
-    }
+    try:
+        state = _adapt(model, state, in_chans)
+    except Exception as e:  # a family's converter meeting another family's checkpoint
+        raise ConfigError(f"{where}: not a {arch} checkpoint ({type(e).__name__}: {e})") from None
+    with torch.no_grad():
+        return model, {"init": weights, "head": _fit(model, state, where)}
 
 
 def _timm_pretrained(
     arch: str, num_classes: int, in_chans: int, img_size: int
 ) -> tuple[nn.Module, dict[str, Any]]:
-    model = _load(arch, "timm", num_classes, in_chans, img_size, None)
-    cfg = model.pretrained_cfg
-    tag = f"{cfg.get('architecture', arch)}.{cfg.get('tag')}" if cfg.get("tag") else arch
-    pre = cfg.get("num_classes")
-    head = pre if pre and pre != num_classes else None
-    return model, {"init": f"timm:{tag}", "head": _head_note(head, num_classes)}
-
-
-def _load(
-    arch: str, what: str, num_classes: int, in_chans: int, img_size: int, overlay: dict | None
-) -> nn.Module:
-    kwargs: dict[str, Any] = {"pretrained": True, "num_classes": num_classes, "in_chans": in_chans}
-    if overlay:
-        kwargs["pretrained_cfg_overlay"] = overlay
+    """timm's own pretrained weights for the tag (its loader adapts channels, head and ViT
+    position embeddings)."""
+    kwargs = {"pretrained": True, "num_classes": num_classes, "in_chans": in_chans}
     try:
         model = timm_model(arch, img_size=img_size, **kwargs)
     except ConfigError:
         raise
-    except Exception as e:  # timm / huggingface_hub / load_state_dict errors: one line
+    except Exception as e:  # timm / huggingface_hub errors: one line
         text = " ".join(str(e).split())[:240]
         raise ConfigError(
-            f"root_weights {what!r} for {arch}: cannot load ({type(e).__name__}: {text})"
+            f"root_weights 'timm' for {arch}: cannot load its pretrained weights ({type(e).__name__}: {text})"
         ) from None
-    if overlay:  # do not keep a second copy of every tensor in the model's config
-        model.pretrained_cfg.pop("state_dict", None)
-    return finish_model(model, in_chans, img_size)
-
-
-def _head_note(pretrained_classes: int | None, num_classes: int) -> str:
-    if pretrained_classes is None:
-        return "loaded"
-    return f"re-initialised ({pretrained_classes} -> {num_classes} classes)"
+    finish_model(model, in_chans, img_size)
+    cfg = model.pretrained_cfg
+    tag = f"{cfg.get('architecture', arch)}.{cfg.get('tag')}" if cfg.get("tag") else arch
+    pre = cfg.get("num_classes")
+    head = (
+        "loaded"
+        if pre == num_classes
+        else f"re-initialised ({pre or 'no'} -> {num_classes} classes)"
+    )
+    return model, {"init": f"timm:{tag}", "head": head}

@@ -42,7 +42,7 @@ from nwa.zoo.classifiers import (
 from nwa.zoo.manifest import ZooWriter
 from nwa.zoo.recipe import Job, Recipe, argument, pick_device
 from nwa.zoo.roots import check as check_root_weights
-from nwa.zoo.roots import root_model
+from nwa.zoo.roots import root_model, weights_key
 from nwa.zoo.runner import save_root
 
 
@@ -245,11 +245,16 @@ class VisionRecipe(Recipe):
 
     @classmethod
     def data_keys(cls, init_args: dict[str, Any]) -> list[str]:
-        source = argument(cls, init_args, "source")
+        """The source's identity, and the roots' weights' (a file by path and size)."""
+        source, archs, weights = (
+            argument(cls, init_args, k) for k in ("source", "archs", "root_weights")
+        )
         try:
-            return [datasets.source_key(source, argument(cls, init_args, "source_options"))]
+            keys = [datasets.source_key(source, argument(cls, init_args, "source_options"))]
         except ConfigError:  # reported by validate()
-            return [str(source)]
+            keys = [str(source)]
+        weights = [weights] * len(archs) if isinstance(weights, str) else list(weights)
+        return keys + [weights_key(str(w), a) for a, w in zip(archs, weights) if w != "random"]
 
     def data_record(self) -> dict[str, Any]:
         """The images this recipe's models saw (recorded in ``zoo.json``)."""
