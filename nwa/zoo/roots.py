@@ -50,6 +50,23 @@ def check(value: str, arch: str) -> str | None:
     return None
 
 
+def check_arch(arch: str, in_chans: int, size: int) -> str | None:
+    """Why ``arch`` cannot classify ``size``-pixel images, or ``None``. Built on the meta device:
+    no memory and no time, even for a ViT-L."""
+    try:
+        with torch.device("meta"):
+            model = build_model(arch, 2, in_chans, size)
+    except ConfigError as e:
+        return str(e)
+    except Exception as e:
+        return f"{arch} cannot be built for {size}-pixel images ({e})"
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = patch[0] if isinstance(patch, tuple) else patch
+    if patch and size % patch:
+        return f"{arch} patch size {patch} does not divide the {size}-pixel images"
+    return None
+
+
 def weights_key(value: str, arch: str) -> str:
     """What identifies a root's weights in a zoo's cache key (no I/O beyond a file's size)."""
     if value == "timm":

@@ -42,7 +42,7 @@ from nwa.zoo.classifiers import (
 from nwa.zoo.manifest import ZooWriter
 from nwa.zoo.recipe import Job, Recipe, argument, pick_device
 from nwa.zoo.roots import check as check_root_weights
-from nwa.zoo.roots import root_model, weights_key
+from nwa.zoo.roots import check_arch, root_model, weights_key
 from nwa.zoo.runner import save_root
 
 
@@ -218,21 +218,8 @@ class VisionRecipe(Recipe):
         for arch, weights in zip(self.archs, self.root_weights):
             if self.forest and weights != "random":
                 raise self._bad(f"a forest has random roots; root_weights is {weights!r}")
-            if problem := check_root_weights(weights, arch):
+            if problem := check_root_weights(weights, arch) or check_arch(arch, chans, size):
                 raise self._bad(problem)
-            try:  # on the meta device: no memory, no time, even for a ViT-L
-                with torch.device("meta"):
-                    model = build_model(arch, 2, chans, size)
-            except ConfigError as e:
-                raise self._bad(str(e)) from None
-            except Exception as e:
-                raise self._bad(f"{arch} cannot be built for {size}-pixel images ({e})") from None
-            patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-            patch = patch[0] if isinstance(patch, tuple) else patch
-            if patch and size % patch:
-                raise self._bad(
-                    f"{arch} patch size {patch} does not divide the {size}-pixel images"
-                )
 
     def classes(self) -> list[str]:
         return datasets.class_names(self.source, self._n())
