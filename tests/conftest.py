@@ -51,3 +51,41 @@ def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from nwa.zoo.cache import ensure_zoo
 
     return ensure_zoo("tiny", workers=2, home=tmp_path_factory.mktemp("nwa_home_tiny"))
+
+
+# --- a Hugging Face cache holding real-layout models, for offline Hub-id tests -----------------
+
+SD_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the id configs/zoo/sd_lora.yaml names
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache with a tiny random SD-layout pipeline under SD 1.5's id and a random timm resnet18
+    (1,000-class head) under ``timm/resnet18.a1_in1k``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.hf_cache import add_repo
+    from tests.tiny_pipeline import make_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("hf")
+    add_repo(root / "hub", SD_REPO, make_tiny_pipeline(root / "pipeline"))
+    import timm
+
+    torch.manual_seed(0)
+    state = timm.create_model("resnet18", num_classes=1000).state_dict()
+    (root / "resnet18").mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(root / "resnet18" / "model.safetensors")
+    )
+    add_repo(root / "hub", "timm/resnet18.a1_in1k", root / "resnet18")
+    return root / "hub"
+
+
+@pytest.fixture
+def offline_hub(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``huggingface_hub`` reads :func:`hub_cache` only (HF_HUB_OFFLINE=1)."""
+    from tests.hf_cache import use_offline_cache
+
+    use_offline_cache(monkeypatch, hub_cache)
+    return hub_cache

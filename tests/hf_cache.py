@@ -11,6 +11,7 @@ import io
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save
 
@@ -53,3 +54,23 @@ def cache_repo(
         (entry / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
         (entry / "refs" / ref).write_text(commit)  # the hub writes no newline
     return commit
+
+
+def add_repo(cache: Path, repo_id: str, files: Path) -> Path:
+    """Put a folder's files into ``cache`` as the ``main`` snapshot of ``repo_id``; return it."""
+    content = {
+        str(p.relative_to(files)): p.read_bytes() for p in sorted(files.rglob("*")) if p.is_file()
+    }
+    commit = cache_repo(cache, repo_id, content)
+    return cache / ("models--" + repo_id.replace("/", "--")) / "snapshots" / commit
+
+
+def use_offline_cache(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    """Point ``huggingface_hub`` at ``cache`` with downloads disabled (its settings are read at
+    import, so the module constants are patched as well as the environment)."""
+    from huggingface_hub import constants
+
+    for name, value in (("HF_HUB_CACHE", str(cache)), ("HF_HUB_OFFLINE", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

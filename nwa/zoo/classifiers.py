@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nwa.errors import ConfigError
 from nwa.zoo import datasets
+from nwa.zoo.images import Images, take
 
 # Architecture tables: the timm class and its constructor arguments (image size and channels come
 # from the data). Add a row to offer another size. ResNets train in channels-last memory format
@@ -56,8 +58,41 @@ ARCHS: dict[str, dict[str, Any]] = {
 AUGMENTATIONS = ("hflip", "shift")
 
 
+def arch_name(arch: str) -> str:
+    """The architecture a model is recorded under: a timm name without its pretrained tag."""
+    return arch if arch in ARCHS else arch.split(".", 1)[0]
+
+
 def build_model(arch: str, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
-    """Instantiate a row of :data:`ARCHS` with timm."""
+    """A randomly initialised classifier: a row of :data:`ARCHS`, or any timm model name.
+
+    The model remembers its input size and normalisation (``nwa_img_size``, ``nwa_mean``,
+    ``nwa_std``): built-in rows take ``[-1, 1]`` inputs, timm models their pretrained config's.
+
+    Raises:
+        ConfigError: ``arch`` is neither a row nor a timm model.
+    """
+    if arch in ARCHS:
+        model = _builtin(arch, num_classes, in_chans, img_size)
+    else:
+        model = timm_model(
+            arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, img_size=img_size
+        )
+    return finish_model(model, in_chans, img_size)
+
+
+def finish_model(model: nn.Module, in_chans: int, img_size: int) -> nn.Module:
+    """Record a model's input size and normalisation on it: its timm pretrained config's, or
+    ``[-1, 1]`` inputs for models without one (the built-in rows)."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean, std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
+    if in_chans != len(mean):  # grayscale: the mean of the colour statistics
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+    model.nwa_img_size, model.nwa_mean, model.nwa_std = img_size, mean, std
+    return model
+
+
+def _builtin(arch: str, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
     spec = dict(ARCHS[arch])
     family = spec.pop("family")
     channels_last = spec.pop("channels_last", False)
@@ -84,9 +119,42 @@ def build_model(arch: str, num_classes: int, in_chans: int, img_size: int) -> nn
     return model
 
 
+def timm_model(arch: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with the image size passed to models that take one (ViTs)."""
+    import timm
+
+    if not timm.is_model(arch.split(".", 1)[0]):
+        close = timm.list_models(f"*{arch.split('.', 1)[0][:6]}*")[:5]
+        hint = f" (timm has e.g. {', '.join(close)})" if close else ""
+        raise ConfigError(
+            f"unknown architecture {arch!r}: neither a built-in row ({', '.join(ARCHS)}) nor a timm model{hint}"
+        )
+    img_size = kwargs.pop("img_size")
+    try:
+        return timm.create_model(arch, img_size=img_size, **kwargs)
+    except TypeError as e:  # a model whose constructor has no img_size (ResNets, ConvNeXts)
+        if "img_size" not in str(e):
+            raise
+        return timm.create_model(arch, **kwargs)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """uint8 or [0, 1] images -> the model's input: [-1, 1], in its memory format."""
-    x = (x - 0.5) / 0.5
+    """[0, 1] images -> the model's input: on its device, at its size, normalised, in its
+    memory format."""
+    x = x.to(device_of(model), non_blocking=True)
+    size = getattr(model, "nwa_img_size", x.shape[-1])
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    c = x.shape[1]
+    mean = torch.tensor(getattr(model, "nwa_mean", (0.5,) * c), device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(getattr(model, "nwa_std", (0.5,) * c), device=x.device).view(1, -1, 1, 1)
+    x = (x - mean) / std
     if getattr(model, "nwa_channels_last", False):
         x = x.contiguous(memory_format=torch.channels_last)
     return x
@@ -94,7 +162,9 @@ def _inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Parameters and float buffers (BatchNorm running stats) in module order, detached copies."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    return {
+        k: v.detach().cpu().clone() for k, v in model.state_dict().items() if v.is_floating_point()
+    }
 
 
 def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -126,7 +196,7 @@ def augment(x: torch.Tensor, flags: dict[str, bool], g: torch.Generator) -> torc
 
 def train(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Images,
     y: torch.Tensor,
     steps: int,
     lr: float,
@@ -135,7 +205,8 @@ def train(
     seed: int,
     flags: dict[str, bool] | None = None,
 ) -> float:
-    """Plain AdamW + cosine loop over uint8 images; returns the mean loss of the last 10 steps."""
+    """Plain AdamW + cosine loop over uint8 images on the model's device; returns the mean loss
+    of the last 10 steps."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -148,8 +219,8 @@ def train(
             perm, pos = torch.randperm(len(y), generator=g), 0
         idx = perm[pos : pos + batch_size]
         pos += batch_size
-        xb = augment(datasets.to_float(x[idx]), flags or {}, g)
-        loss = F.cross_entropy(model(_inputs(model, xb)), y[idx])
+        xb = augment(datasets.to_float(take(x, idx)), flags or {}, g)
+        loss = F.cross_entropy(model(_inputs(model, xb)), y[idx].to(device_of(model)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -160,19 +231,20 @@ def train(
 
 @torch.inference_mode()
 def accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Sequence[int], sigma: float = 0.0
+    model: nn.Module, x: Images, y: torch.Tensor, classes: Sequence[int], sigma: float = 0.0
 ) -> float:
     """Top-1 accuracy predicting among ``classes`` only, optionally under the fixed noise corruption."""
     if len(y) == 0:
         return float("nan")
     model.eval()
     keep = torch.as_tensor(list(classes))
+    on_device = keep.to(device_of(model))
     correct = 0
     for i in range(0, len(y), 500):
-        xb = datasets.to_float(x[i : i + 500])
+        xb = datasets.to_float(take(x, slice(i, i + 500)))
         if sigma > 0:
             xb = datasets.corrupt(xb, sigma, seed=i)
-        pred = keep[model(_inputs(model, xb))[:, keep].argmax(1)]
+        pred = keep[model(_inputs(model, xb))[:, on_device].argmax(1).cpu()]
         correct += int((pred == y[i : i + 500]).sum())
     return correct / len(y)
 

@@ -1,110 +1,84 @@
-"""Image sources for zoo recipes, with human class names, and composed named concepts.
+"""Image sources for zoo recipes, with human class names.
 
-Sources (``load_source(name)``):
+Sources (``load_source(name)``), the first two available on every machine:
 
-- ``fashion_mnist``: 10 classes, 1x28x28. Read offline from the Debian package
-  ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``, or ``$NWA_FASHION_MNIST``);
-  without it, torchvision downloads it into ``$NWA_HOME/data`` (needs internet).
-- ``fashion_colours``: Fashion-MNIST items x colours ("red sneaker"), 3x28x28, up to 100 classes,
-  colour-major (the first 40 classes are 4 colours x 10 items). Each image gets one colour of the
-  classes asked for.
-- ``digits``: scikit-learn's 8x8 digits (1,797 images, offline), 10 classes.
-- ``cifar10`` / ``cifar100``: torchvision download into ``$NWA_HOME/data`` (needs internet).
+- ``shapes`` (the default): images nwa draws itself (:mod:`nwa.zoo.shapes`), 10 shape classes
+  ("circle", "hexagon", ...) in any of 10 colours and 5 textures; 3 channels, drawn at any size
+  (28 px unless asked), 25,000 training and 5,000 test images (``n_train`` / ``n_test`` options).
+  The same images on every machine, from the generator version alone.
+- ``digits``: scikit-learn's 8x8 digits (1,797 images), 10 classes.
+- ``shapes_colours``: shapes x colours ("red circle"), up to 100 classes, colour-major (the first
+  40 are 4 colours x 10 shapes).
+- ``fashion_mnist``: 10 classes, 1x28x28: ``$NWA_FASHION_MNIST``, the Debian package
+  ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), else torchvision's copy in
+  ``$NWA_HOME/data`` (downloaded when online). ``fashion_colours``: items x colours, as above.
+- ``mnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``svhn``, ``stl10``: torchvision datasets,
+  read from ``$NWA_HOME/data``, downloaded there on first use when online.
+- ``imagefolder:PATH``: ``PATH/<class>/*.png|jpg|...`` (a stable 80/20 split by file name) or
+  ``PATH/train/<class>/...`` with ``PATH/test`` (or ``val``); decoded per batch at the asked size.
 
-Named concepts for text-conditioned zoos (``concepts(n=40)``) compose item x colour; each
-:class:`Concept` has a ``name`` ("red sneaker"), a ``prompt`` ("a red sneaker") and
-``images(n, seed)`` giving colourized training images of that concept.
-
-Images are uint8 tensors ``[N, C, H, W]``; :func:`to_float` maps them to ``[0, 1]``.
+A source that is not on this machine and cannot be downloaded fails with one line saying how to
+get it: a zoo is never silently built from other data. Images are uint8 ``[N, C, H, W]`` (tensors,
+or :class:`~nwa.zoo.images.LazyImages` read per batch with :func:`~nwa.zoo.images.take`);
+:func:`to_float` maps them to ``[0, 1]``.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
-import os
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from nwa.errors import ConfigError
+from nwa.zoo import external, shapes
+from nwa.zoo.external import DIGIT_NAMES, FASHION_ITEMS, nwa_home  # noqa: F401 (re-exported)
+from nwa.zoo.images import Images, take
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FASHION_ITEMS = [
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
-]
-DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.92, 0.10, 0.10),
-    "green": (0.10, 0.75, 0.20),
-    "blue": (0.15, 0.30, 0.95),
-    "yellow": (0.95, 0.85, 0.10),
-    "purple": (0.60, 0.20, 0.80),
-    "orange": (1.00, 0.55, 0.00),
-    "pink": (1.00, 0.45, 0.70),
-    "cyan": (0.10, 0.85, 0.90),
-    "brown": (0.55, 0.30, 0.10),
-    "white": (1.00, 1.00, 1.00),
+COLOURS = shapes.PALETTE
+FOLDER = "imagefolder:"
+GENERATED = ("shapes", "shapes_colours")
+SOURCES = (
+    *GENERATED,
+    "digits",
+    "fashion_mnist",
+    "fashion_colours",
+    *sorted(set(external.TORCHVISION) - {"fashion_mnist"}),
+    f"{FOLDER}PATH",
+)
+OPTIONS: dict[str, dict[str, Any]] = {
+    "generated": {"n_train": 25000, "n_test": 5000},
+    "folder": {"test_fraction": 0.2},
 }
-SOURCES = ("fashion_mnist", "fashion_colours", "digits", "cifar10", "cifar100")
-SHAPES = {
-    "fashion_mnist": (1, 28, 28),
-    "fashion_colours": (3, 28, 28),
-    "digits": (1, 8, 8),
-    "cifar10": (3, 32, 32),
-    "cifar100": (3, 32, 32),
-}
-CIFAR10_NAMES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
-_N_CLASSES = {
-    "fashion_mnist": 10,
-    "fashion_colours": 10 * len(COLOURS),
-    "digits": 10,
-    "cifar10": 10,
-    "cifar100": 100,
-}
+DEFAULT_SIZE = {"generated": 28, "folder": 64}
+_SEEDS = {"train": 1, "test": 2}
 
 
 @dataclass(frozen=True)
 class ImageData:
-    """An image classification source in memory.
+    """An image classification source in memory (or read lazily).
 
     Attributes:
         name: Source name.
-        classes: Human class names; labels index into it.
-        train_x: uint8 ``[N, C, H, W]`` training images.
+        classes: Human class names; labels index into them.
+        train_x: uint8 ``[N, C, H, W]`` training images (tensor or lazy set).
         train_y: int64 ``[N]`` labels.
         test_x: uint8 ``[M, C, H, W]`` test images.
         test_y: int64 ``[M]`` labels.
+        origin: Where the images came from (a folder, a generator and its version).
     """
 
     name: str
     classes: list[str]
-    train_x: torch.Tensor
+    train_x: Images
     train_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: Images
     test_y: torch.Tensor
+    origin: str = ""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -113,33 +87,115 @@ class ImageData:
         return int(c), int(h), int(w)
 
 
-def nwa_home() -> Path:
-    """``$NWA_HOME`` (default ``~/.cache/nwa``): zoo cache and downloaded data."""
-    return Path(os.environ.get("NWA_HOME", "~/.cache/nwa")).expanduser()
+def kind(source: str) -> str:
+    """``generated``, ``digits``, ``fashion``, ``fashion_colours``, ``torchvision`` or ``folder``.
+
+    Raises:
+        ConfigError: An unknown source, listing the known ones.
+    """
+    if source in GENERATED:
+        return "generated"
+    if source.startswith(FOLDER):
+        return "folder"
+    if source in ("digits", "fashion_colours"):
+        return source
+    if source == "fashion_mnist":
+        return "fashion"
+    if source in external.TORCHVISION:
+        return "torchvision"
+    raise ConfigError(f"unknown image source {source!r}; known: {', '.join(SOURCES)}")
+
+
+def _folder(source: str) -> Path:
+    return Path(source[len(FOLDER) :]).expanduser()
 
 
 def n_classes(source: str) -> int:
     """How many classes a source offers (without loading it)."""
-    if source not in _N_CLASSES:
-        raise ConfigError(f"unknown image source {source!r}; known: {', '.join(SOURCES)}")
-    return _N_CLASSES[source]
+    k = kind(source)
+    if k == "generated":
+        return len(shapes.SHAPES) * (len(COLOURS) if source == "shapes_colours" else 1)
+    if k == "folder":
+        return len(external.folder_classes(_folder(source)))
+    if k == "fashion_colours":
+        return len(FASHION_ITEMS) * len(COLOURS)
+    return 10 if k in ("digits", "fashion") else external.TORCHVISION[source][1]
+
+
+def channels(source: str) -> int:
+    """Channels of the source's images."""
+    k = kind(source)
+    if k in ("digits", "fashion"):
+        return 1
+    return external.TORCHVISION[source][2] if k == "torchvision" else 3
+
+
+def native_size(source: str) -> int:
+    """The side the source's images come at (drawn or decoded ones: their default size)."""
+    k = kind(source)
+    if k in DEFAULT_SIZE:
+        return DEFAULT_SIZE[k]
+    return 8 if k == "digits" else external.TORCHVISION.get(source, (0, 0, 0, 28))[3]
+
+
+def options_of(source: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """A source's options with defaults filled in.
+
+    Raises:
+        ConfigError: An option the source does not take, or a bad value.
+    """
+    allowed = OPTIONS.get(kind(source), {})
+    given = dict(options or {})
+    if unknown := sorted(set(given) - set(allowed)):
+        takes = ", ".join(allowed) or "none"
+        raise ConfigError(f"source {source!r} has no option {unknown[0]!r} (it takes: {takes})")
+    out = allowed | given
+    for key in ("n_train", "n_test"):
+        if key in out and (not isinstance(out[key], int) or out[key] < 1):
+            raise ConfigError(f"source option {key} must be a positive integer, got {out[key]!r}")
+    if "test_fraction" in out and not 0 < float(out["test_fraction"]) < 1:
+        raise ConfigError(
+            f"source option test_fraction must be in (0, 1), got {out['test_fraction']}"
+        )
+    return out
+
+
+def source_key(source: str, options: dict[str, Any] | None = None) -> str:
+    """What identifies a source's data in a zoo's cache key: the generator version for drawn
+    images, the absolute folder for image folders, the name otherwise."""
+    k = kind(source)
+    opts = options_of(source, options)
+    extra = "".join(f",{k}={v}" for k, v in sorted(opts.items()))
+    if k == "generated":
+        return f"{source}@nwa.zoo.shapes-v{shapes.GENERATOR_VERSION}{extra}"
+    if k == "folder":
+        return f"{FOLDER}{_folder(source).resolve()}{extra}"
+    return source
 
 
 def class_names(source: str, n: int | None = None) -> list[str]:
-    """Human names of the first ``n`` classes of a source (loads only CIFAR-100 to know them)."""
-    total = n_classes(source)
-    n = total if n is None else n
-    if source == "fashion_mnist":
-        names = FASHION_ITEMS
-    elif source == "fashion_colours":
+    """Human names of the first ``n`` classes of a source (without loading it)."""
+    k = kind(source)
+    if k == "generated":
+        names = [shapes.concept_name(s, c) for s, c, _ in _shape_classes(source, None)]
+    elif k == "fashion_colours":
         names = [f"{c} {item}" for c in COLOURS for item in FASHION_ITEMS]
-    elif source == "digits":
-        names = DIGIT_NAMES
-    elif source == "cifar10":
-        names = CIFAR10_NAMES
+    elif k in ("fashion", "digits"):
+        names = FASHION_ITEMS if k == "fashion" else DIGIT_NAMES
+    elif k == "folder":
+        names = [c.replace("_", " ") for c in external.folder_classes(_folder(source))]
     else:
-        names = load_source(source).classes
-    return list(names[:n])
+        names = external.TORCHVISION[source][4]
+    return list(names[: n_classes(source) if n is None else n])
+
+
+def _shape_classes(source: str, n: int | None) -> list[tuple[int, int, int]]:
+    """(shape, colour, texture) of each class of a drawn source; -1 = drawn per image."""
+    if source == "shapes":
+        out = [(s, -1, -1) for s in range(len(shapes.SHAPES))]
+    else:
+        out = [(s, c, -1) for c in range(len(COLOURS)) for s in range(len(shapes.SHAPES))]
+    return out[:n] if n else out
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -159,83 +215,6 @@ def corrupt(x: torch.Tensor, sigma: float = 0.3, seed: int = 0) -> torch.Tensor:
     return (x + sigma * torch.randn(x.shape, generator=g)).clamp_(0.0, 1.0)
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def _fashion_files() -> Path | None:
-    for folder in (os.environ.get("NWA_FASHION_MNIST"), DEBIAN_FASHION_MNIST):
-        if folder and (Path(folder) / "train-images-idx3-ubyte.gz").is_file():
-            return Path(folder)
-    raw = nwa_home() / "data" / "FashionMNIST" / "raw"
-    return raw if (raw / "train-images-idx3-ubyte.gz").is_file() else None
-
-
-def _load_fashion() -> ImageData:
-    folder = _fashion_files()
-    if folder is None:
-        try:
-            from torchvision.datasets import FashionMNIST
-
-            FashionMNIST(str(nwa_home() / "data"), train=True, download=True)
-        except Exception as e:
-            raise ConfigError(
-                f"Fashion-MNIST not found in {DEBIAN_FASHION_MNIST} and the download failed ({e}); "
-                "install it with `apt-get install dataset-fashion-mnist` or set $NWA_FASHION_MNIST"
-            ) from None
-        folder = _fashion_files()
-        assert folder is not None
-    arrays = [
-        _read_idx(folder / f"{split}-{kind}-ubyte.gz")
-        for split in ("train", "t10k")
-        for kind in ("images-idx3", "labels-idx1")
-    ]
-    xs = [torch.from_numpy(a.copy()) for a in arrays]
-    return ImageData(
-        "fashion_mnist",
-        list(FASHION_ITEMS),
-        xs[0][:, None],
-        xs[1].long(),
-        xs[2][:, None],
-        xs[3].long(),
-    )
-
-
-def _load_digits() -> ImageData:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8))[:, None]
-    y = torch.from_numpy(d.target).long()
-    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(y)))
-    cut = int(0.8 * len(y))
-    tr, te = perm[:cut], perm[cut:]
-    return ImageData("digits", list(DIGIT_NAMES), x[tr], y[tr], x[te], y[te])
-
-
-def _load_cifar(name: str) -> ImageData:
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    root = str(nwa_home() / "data")
-    try:
-        train, test = cls(root, train=True, download=True), cls(root, train=False, download=True)
-    except Exception as e:
-        raise ConfigError(f"{name}: torchvision could not download it into {root} ({e})") from None
-
-    def arrays(ds: object) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-        return x, torch.as_tensor(ds.targets).long()
-
-    names = [c.replace("_", " ") for c in train.classes]
-    return ImageData(name, names, *arrays(train), *arrays(test))
-
-
 def colour_names(n_colours: int) -> list[str]:
     """The first ``n_colours`` colour names of the palette."""
     if not 1 <= n_colours <= len(COLOURS):
@@ -252,7 +231,7 @@ def colourize(x: torch.Tensor, colour: str) -> torch.Tensor:
 def _compose(base: ImageData, n: int) -> ImageData:
     items = len(base.classes)
     colours = colour_names(-(-n // items))
-    parts = []
+    parts: list[torch.Tensor] = []
     for split, (x, y) in {
         "train": (base.train_x, base.train_y),
         "test": (base.test_x, base.test_y),
@@ -262,17 +241,17 @@ def _compose(base: ImageData, n: int) -> ImageData:
         out = torch.empty((len(y), 3, *x.shape[2:]), dtype=torch.uint8)
         for ci, colour in enumerate(colours):
             sel = pick == ci
-            out[sel] = colourize(x[sel], colour)
+            out[sel] = colourize(take(x, sel), colour)
         parts += [out, pick * items + y]
     names = [f"{c} {item}" for c in colours for item in base.classes]
-    data = ImageData(f"{base.name}_colours", names, *parts)
+    data = ImageData(f"{base.name}_colours", names, *parts, origin=base.origin)
     return _first_classes(data, n)
 
 
 def _first_classes(data: ImageData, n: int) -> ImageData:
     if n == len(data.classes):
         return data
-    tr, te = data.train_y < n, data.test_y < n
+    tr, te = torch.nonzero(data.train_y < n).flatten(), torch.nonzero(data.test_y < n).flatten()
     return ImageData(
         data.name,
         data.classes[:n],
@@ -280,103 +259,96 @@ def _first_classes(data: ImageData, n: int) -> ImageData:
         data.train_y[tr],
         data.test_x[te],
         data.test_y[te],
+        data.origin,
     )
 
 
-@functools.lru_cache(maxsize=4)
-def load_source(name: str, classes: int | None = None) -> ImageData:
+def _generated(source: str, n: int, size: int, opts: dict[str, Any]) -> ImageData:
+    table = _shape_classes(source, n)
+    splits = [
+        shapes.ShapeImages(opts[f"n_{split}"], size, seed, table) for split, seed in _SEEDS.items()
+    ]
+    origin = f"drawn by nwa.zoo.shapes v{shapes.GENERATOR_VERSION} (seeds {tuple(_SEEDS.values())})"
+    names = class_names(source, n)
+    return ImageData(
+        source, names, splits[0], splits[0].labels, splits[1], splits[1].labels, origin
+    )
+
+
+def load_source(
+    name: str,
+    classes: int | None = None,
+    size: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> ImageData:
     """Load an image source (cached per process).
 
     Args:
         name: One of :data:`SOURCES`.
-        classes: Keep only the first ``classes`` classes (for ``fashion_colours``: compose just
+        classes: Keep only the first ``classes`` classes (for composed sources: compose just
             enough colours for them). ``None`` keeps all.
+        size: Side of drawn images and of decoded folder images (default 28 and 64); the other
+            sources come at their own size.
+        options: Source options (``n_train``, ``n_test`` for drawn sources; ``test_fraction``
+            for image folders without train/test subfolders).
 
     Raises:
         ConfigError: Unknown source, too many classes asked for, or data unavailable.
     """
+    opts = tuple(sorted(options_of(name, options).items()))
+    return _load(name, classes, size, opts)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str, classes: int | None, size: int | None, opts: tuple) -> ImageData:
+    k, options = kind(name), dict(opts)
     total = n_classes(name)
     n = total if classes is None else int(classes)
     if not 2 <= n <= total:
         raise ConfigError(f"source {name!r} has {total} classes; asked for {n} (need 2..{total})")
-    if name == "fashion_mnist":
-        return _first_classes(_load_fashion(), n)
-    if name == "fashion_colours":
-        return _compose(_load_fashion(), n)
-    if name == "digits":
-        return _first_classes(_load_digits(), n)
-    return _first_classes(_load_cifar(name), n)
+    side = int(size or DEFAULT_SIZE.get(k, 0))
+    if k == "generated":
+        return _generated(name, n, side, options)
+    if k == "folder":
+        loaded = external.load_folder(_folder(name), side, options["test_fraction"])
+    elif k == "digits":
+        loaded = external.load_digits()
+    elif k in ("fashion", "fashion_colours"):
+        loaded = external.load_fashion()
+    else:
+        loaded = external.load_torchvision(name)
+    names, x, y, tx, ty, origin = loaded
+    data = ImageData(
+        "fashion_mnist" if k == "fashion_colours" else name, names, x, y, tx, ty, origin
+    )
+    return _compose(data, n) if k == "fashion_colours" else _first_classes(data, n)
 
 
-@dataclass(frozen=True)
-class Concept:
-    """A named visual concept ("red sneaker") with a text prompt and example images.
+def data_record(
+    data: ImageData, source: str, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a zoo records about its images: source, origin, sizes and a content fingerprint.
 
-    Attributes:
-        name: Concept name, e.g. ``"red sneaker"``.
-        prompt: Text prompt, e.g. ``"a red sneaker"``.
-        source: Base image source (``fashion_mnist`` or ``digits``).
-        item: Class index in the base source.
-        colour: Colour name, or ``""`` for an uncoloured concept.
+    The fingerprint hashes the labels and the images (file names and sizes for folders, the
+    scenes for drawn images), so two zoos built from different copies of "the same" data differ.
     """
-
-    name: str
-    prompt: str
-    source: str
-    item: int
-    colour: str = ""
-
-    def images(
-        self, n: int, seed: int = 0, split: str = "train", size: int | None = None
-    ) -> torch.Tensor:
-        """``n`` distinct images of the concept (fewer if the source has fewer), deterministic in ``seed``.
-
-        Returns:
-            float32 ``[n, 3, H, W]`` in ``[0, 1]`` (``H = W = size`` when given).
-        """
-        base = load_source(self.source)
-        x, y = (base.train_x, base.train_y) if split == "train" else (base.test_x, base.test_y)
-        idx = torch.nonzero(y == self.item).flatten()
-        g = torch.Generator().manual_seed(seed)
-        idx = idx[torch.randperm(len(idx), generator=g)[:n]]
-        imgs = x[idx]
-        imgs = colourize(imgs, self.colour) if self.colour else imgs.expand(-1, 3, -1, -1)
-        out = to_float(imgs)
-        if size is not None and size != out.shape[-1]:
-            out = torch.nn.functional.interpolate(
-                out, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
-        return out.clamp_(0.0, 1.0)
-
-
-def concepts(source: str = "fashion_mnist", n: int = 40, colours: bool = True) -> list[Concept]:
-    """Named concepts for class-subset and text-conditioned zoos.
-
-    With ``colours``, items are composed with colours colour-major ("red t-shirt", ..., "red ankle
-    boot", "green t-shirt", ...), so ``n=40`` gives 4 colours x 10 items and at most 100 exist for a
-    10-class source. Without, the source's own class names.
-
-    Args:
-        source: ``fashion_mnist`` or ``digits`` (grayscale sources that can be colourized).
-        n: Number of concepts.
-        colours: Compose item x colour.
-
-    Raises:
-        ConfigError: Unknown source or more concepts than it can make.
-    """
-    if source not in ("fashion_mnist", "digits"):
-        raise ConfigError(f"concepts: source {source!r} must be fashion_mnist or digits")
-    items = FASHION_ITEMS if source == "fashion_mnist" else DIGIT_NAMES
-    limit = len(items) * (len(COLOURS) if colours else 1)
-    if not 1 <= n <= limit:
-        raise ConfigError(
-            f"concepts: asked for {n}, {source!r} makes 1..{limit} (colours={colours})"
-        )
-    if not colours:
-        return [Concept(name, f"a {name}", source, i) for i, name in enumerate(items)][:n]
-    out = [
-        Concept(f"{c} {name}", f"a {c} {name}", source, i, c)
-        for c in COLOURS
-        for i, name in enumerate(items)
-    ]
-    return out[:n]
+    h = hashlib.sha256()
+    for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
+        h.update(y.numpy().tobytes())
+        if isinstance(x, torch.Tensor):
+            h.update(x.contiguous().numpy().tobytes())
+        elif isinstance(x, shapes.ShapeImages):
+            h.update(b"".join(v.numpy().tobytes() for v in x.scenes.values()))
+            h.update(str(x.size).encode())
+        elif isinstance(x, external.FolderImages):
+            h.update(external.folder_digest(x).encode())
+    return {
+        "source": source,
+        "key": source_key(source, options),
+        "origin": data.origin,
+        "classes": len(data.classes),
+        "image_shape": list(data.shape),
+        "train_images": len(data.train_y),
+        "test_images": len(data.test_y),
+        "fingerprint": h.hexdigest()[:16],
+    }

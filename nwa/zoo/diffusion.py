@@ -1,9 +1,14 @@
-"""The text-to-image LoRA zoo: a tiny text-conditioned UNet root and peft LoRA members (a small SD LoRA zoo).
+"""The text-to-image LoRA zoo (an SD LoRA zoo in any size): peft LoRA members of a UNet root.
 
-Each tree's root is a diffusers ``UNet2DConditionModel`` (about 1.2 M parameters at the defaults),
-pretrained here with the DDPM noise-prediction loss on images of every concept, conditioned on the
-text encoder's token states of ``"a photo of a {concept}"``. Each member is a LoRA fine-tune of the
-root's attention projections on a handful of images of ONE concept, with sampled hyperparameters.
+Each tree's root is a diffusers ``UNet2DConditionModel``: either nwa's tiny one (about 1.2 M
+parameters at the defaults), pretrained here in pixel space with the DDPM loss on images of every
+concept, conditioned on the text encoder's token states of ``"a photo of a {concept}"``; or a real
+pipeline's (``pipeline: hf-hub:... | PATH``, :mod:`nwa.zoo.pipeline`), trained in its VAE's latent
+space with its own tokenizer and CLIP text encoder and its scheduler's prediction type. Each member
+is a LoRA fine-tune of the root's attention projections on a handful of images of ONE concept,
+with sampled hyperparameters. Concept images are drawn by :mod:`nwa.zoo.shapes`, read from a
+dataset or an image folder (:mod:`nwa.zoo.concepts`), or drawn by the pipeline itself
+(``concept_source: pipeline``; cached per concept in ``<zoo>/.cache/concepts``).
 
 Members are saved the way diffusers saves SD LoRAs (``save_lora_weights`` of a peft state dict):
 ``weights/<id>/pytorch_lora_weights.safetensors`` with keys ``unet.<module>.lora_A.weight`` and
@@ -18,11 +23,8 @@ loss on the concept's test images with fixed noise and timesteps) and ``eval_gai
 
 from __future__ import annotations
 
-import json
-import logging
+import contextlib
 import math
-import re
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,42 +33,32 @@ import numpy as np
 import torch
 
 from nwa.errors import ConfigError
-from nwa.zoo import datasets
+from nwa.zoo import datasets, shapes
 from nwa.zoo.classifiers import stable_seed
-from nwa.zoo.manifest import ZooWriter
-from nwa.zoo.recipe import Job, Recipe
-from nwa.zoo.runner import save_root
+from nwa.zoo.concepts import Concept, concepts
+from nwa.zoo.lora_training import ARCH, ROOT_ARCH, LoraTraining, slug  # noqa: F401 (re-exported)
+from nwa.zoo.pipeline import Pipeline
+from nwa.zoo.recipe import Job, Recipe, argument, pick_device
 from nwa.zoo.unet import (
     build_unet,
     check_target_modules,
-    fit_lora,
-    lora_state,
-    save_lora,
-    train_steps,
     unet_config,
 )
 
-ARCH = "unet_lora"
-ROOT_ARCH = "unet"
-log = logging.getLogger(__name__)
 # Defaults each variant gives to n_concepts, models_per_concept, n_val_holdout, n_test_holdout.
 _VARIANT_KEYS = ("n_concepts", "models_per_concept", "n_val_holdout", "n_test_holdout")
 VARIANTS: dict[str, dict[str, int]] = {
     "few_shot": dict(zip(_VARIANT_KEYS, (40, 3, 4, 4))),
     "fine_grained": dict(zip(_VARIANT_KEYS, (8, 20, 1, 1))),
 }
-_EVAL_IMAGES = 32
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+class LoraRecipe(LoraTraining, Recipe):
+    """Trees of a text-conditioned UNet (nwa's tiny one or a pipeline's) with peft LoRA members,
+    one concept each.
 
-
-class LoraRecipe(Recipe):
-    """Trees of a tiny text-conditioned UNet with peft LoRA members, one concept each.
-
-    Concepts are item x colour compositions (:func:`nwa.zoo.datasets.concepts`, e.g. "red
-    sneaker"). ``n_val_holdout + n_test_holdout`` concepts (fixed by ``holdout_seed``) are held out:
+    Concepts are compositions such as "red striped circle" (:func:`nwa.zoo.concepts.concepts`),
+    a folder's classes, or named ones drawn by the pipeline. ``n_val_holdout + n_test_holdout`` concepts (fixed by ``holdout_seed``) are held out:
     all their models go to ``val_holdout`` / ``test_holdout`` for zero-shot evaluation; the other
     concepts' models are split train/val/test within each concept.
 
@@ -80,19 +72,31 @@ class LoraRecipe(Recipe):
         n_val_holdout: Concepts whose models form ``val_holdout``.
         n_test_holdout: Concepts whose models form ``test_holdout``.
         holdout_seed: Chooses the held-out concepts.
-        concept_source: Base image source of the concepts (``fashion_mnist`` or ``digits``).
+        concept_source: Where concepts and their images come from: ``shapes`` (drawn by nwa),
+            ``fashion_mnist``, ``digits``, ``imagefolder:PATH`` (a folder per concept), or
+            ``pipeline`` (named by ``concept_names``, drawn by the pipeline).
+        concept_names: Concept names for ``concept_source: pipeline`` (default: the ``shapes``
+            concepts' names).
+        pipeline: A diffusers text-to-image pipeline (folder or ``hf-hub:ORG/NAME[@REV]``) whose
+            UNet is the root and whose tokenizer, CLIP text encoder, VAE and scheduler are used;
+            ``None`` builds nwa's tiny UNet from the arguments below.
+        concept_images: Images the pipeline draws per concept and split (``pipeline`` source).
+        draw_steps: Inference steps per drawn image.
+        guidance_scale: Classifier-free guidance of drawn images.
         prompt: Prompt template with ``{concept}``.
         splits: Fractions of each non-held-out concept's models in train / val / test.
         n_trees: Number of roots (trees); members are spread over them round-robin.
-        image_size: Image side in pixels: 16, or 32 with three levels (``block_out_channels``
-            ``[32, 64, 64]``) so attention stays at 8x8, at about twice the cost.
+        image_size: Image side in pixels (default 16, or the pipeline's own size): 16, or 32
+            with three levels (``block_out_channels`` ``[32, 64, 64]``) so attention stays at 8x8,
+            at about twice the cost.
         block_out_channels: UNet channels per resolution level.
         layers_per_block: ResNet layers per UNet block.
         attention_resolution: Blocks at this resolution or lower get cross-attention.
         attention_head_dim: Channels per attention head.
-        text_encoder: Text encoder name (see :func:`nwa.text.build_text_encoder`).
+        text_encoder: Text encoder name (see :func:`nwa.text.build_text_encoder`); a pipeline
+            brings its own.
         text_weights: Local weights for a CLIP text encoder.
-        max_length: Tokens of conditioning per prompt.
+        max_length: Tokens of conditioning per prompt (default 16, or the pipeline tokenizer's).
         text_cache_dir: Embedding cache folder (default ``<zoo>/.cache/text``, shared by shards).
         num_train_timesteps: DDPM timesteps.
         root_steps: Pretraining steps of each root (0 keeps the random initialization).
@@ -105,6 +109,7 @@ class LoraRecipe(Recipe):
         steps: Member step range ``[low, high]``, sampled uniformly (inclusive).
         n_images: Choices for the number of training images of a member's concept.
         batch_size: Member batch size.
+        device: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when present).
     """
 
     def __init__(
@@ -116,18 +121,23 @@ class LoraRecipe(Recipe):
         n_val_holdout: int | None = None,
         n_test_holdout: int | None = None,
         holdout_seed: int = 0,
-        concept_source: str = "fashion_mnist",
+        concept_source: str = "shapes",
+        concept_names: Sequence[str] | None = None,
+        pipeline: str | None = None,
+        concept_images: int = 16,
+        draw_steps: int = 25,
+        guidance_scale: float = 7.5,
         prompt: str = "a photo of a {concept}",
         splits: Sequence[float] = (0.7, 0.15, 0.15),
         n_trees: int = 1,
-        image_size: int = 16,
+        image_size: int | None = None,
         block_out_channels: Sequence[int] = (32, 64),
         layers_per_block: int = 1,
         attention_resolution: int = 8,
         attention_head_dim: int = 8,
         text_encoder: str = "minilm",
         text_weights: str | None = None,
-        max_length: int = 16,
+        max_length: int | None = None,
         text_cache_dir: str | None = None,
         num_train_timesteps: int = 1000,
         root_steps: int = 2000,
@@ -140,6 +150,7 @@ class LoraRecipe(Recipe):
         steps: Sequence[int] = (100, 200),
         n_images: Sequence[int] = (4, 8),
         batch_size: int = 4,
+        device: str = "cpu",
     ) -> None:
         if variant not in VARIANTS:
             raise ConfigError(
@@ -150,7 +161,11 @@ class LoraRecipe(Recipe):
             setattr(self, key, VARIANTS[variant][key] if value is None else int(value))
         self.name, self.variant, self.holdout_seed = name, variant, holdout_seed
         self.concept_source, self.prompt, self.splits = concept_source, prompt, list(splits)
-        self.n_trees, self.image_size = n_trees, image_size
+        self.n_trees, self.device = n_trees, device
+        self.concept_names = list(concept_names) if concept_names is not None else None
+        self.pipeline = Pipeline(pipeline) if pipeline else None
+        self.draw = {"n": concept_images, "steps": draw_steps, "guidance": guidance_scale}
+        self._image_size, self._max_length = image_size, max_length
         self.unet_args = {
             "channels": list(block_out_channels),
             "layers_per_block": layers_per_block,
@@ -158,7 +173,7 @@ class LoraRecipe(Recipe):
             "attention_head_dim": attention_head_dim,
         }
         self.text = {"name": text_encoder, "weights": text_weights, "cache_dir": text_cache_dir}
-        self.max_length, self.num_train_timesteps = max_length, num_train_timesteps
+        self.num_train_timesteps = num_train_timesteps
         self.root = {
             "steps": root_steps,
             "lr": root_lr,
@@ -207,27 +222,57 @@ class LoraRecipe(Recipe):
         for key in ("rank", "n_images"):
             if not s[key] or min(s[key]) < 1:
                 raise self._bad(f"{key} needs choices >= 1, got {s[key]}")
-        if min(self.batch_size, self.max_length, self.num_train_timesteps - 1) < 1:
+        if min(self.batch_size, self._max_length or 1, self.num_train_timesteps - 1) < 1:
             raise self._bad("batch_size and max_length must be >= 1, num_train_timesteps >= 2")
         if r["steps"] < 0 or min(r["batch_size"], r["images_per_concept"]) < 1:
             raise self._bad("need root_steps >= 0, root_batch_size, root_images_per_concept >= 1")
+        if min(self.draw["n"], self.draw["steps"]) < 1:
+            raise self._bad("concept_images and draw_steps must be >= 1")
+        try:
+            pick_device(self.device)
+        except ConfigError as e:
+            raise self._bad(str(e)) from None
 
     def _check_unet(self) -> None:
-        """Build the UNet once: bad channel/size combinations and unknown targets fail here."""
-        depth = 2 ** (len(self.unet_args["channels"]) - 1)
-        if self.image_size < 4 or self.image_size % depth:
-            raise self._bad(f"image_size {self.image_size} must be a multiple of {depth}")
+        """Build the UNet once (a pipeline's without memory, on the meta device): bad
+        channel/size combinations and unknown targets fail here."""
         if not self.target_modules:
             raise self._bad("target_modules is empty")
+        if self.pipeline is None:
+            depth = 2 ** (len(self.unet_args["channels"]) - 1)
+            if self.image_size < 4 or self.image_size % depth:
+                raise self._bad(f"image_size {self.image_size} must be a multiple of {depth}")
         try:
-            unet = build_unet(self.unet_config(self.encoder().token_dim))
+            with torch.device("meta") if self.pipeline else contextlib.nullcontext():
+                unet = build_unet(self.unet_config(self.token_dim()))
+        except ConfigError as e:
+            raise self._bad(str(e)) from None
         except Exception as e:  # diffusers raises ValueError/RuntimeError for inconsistent shapes
             raise self._bad(f"the UNet cannot be built from these arguments ({e})") from None
         if problem := check_target_modules(unet, self.target_modules):
             raise self._bad(problem)
 
+    @property
+    def image_size(self) -> int:
+        """Image side in pixels (the pipeline's own size unless set)."""
+        return self._image_size or (self.pipeline.image_size() if self.pipeline else 16)
+
+    @property
+    def max_length(self) -> int:
+        """Tokens of conditioning per prompt."""
+        return self._max_length or (self.pipeline.max_length() if self.pipeline else 16)
+
+    def token_dim(self) -> int:
+        """Width of the conditioning token states (without loading a pipeline's text encoder)."""
+        if self.pipeline is not None:
+            return int(self.pipeline.unet_config()["cross_attention_dim"])
+        return self.encoder().token_dim
+
     def unet_config(self, cross_attention_dim: int) -> dict[str, Any]:
-        """The root UNet's diffusers config for a text encoder of this width."""
+        """The root UNet's diffusers config: the pipeline's, or nwa's tiny UNet for a text encoder
+        of this width."""
+        if self.pipeline is not None:
+            return self.pipeline.unet_config()
         return unet_config(
             self.image_size, cross_attention_dim=cross_attention_dim, **self.unet_args
         )
@@ -236,14 +281,43 @@ class LoraRecipe(Recipe):
         """The text encoder (built once per process; its cache follows the latest ``cache_dir``)."""
         from nwa.text import EmbeddingCache, build_text_encoder
 
-        if self._encoder is None:
+        if self._encoder is None and self.pipeline is not None:
+            self._encoder = self.pipeline.text_encoder(cache_dir)
+        elif self._encoder is None:
             self._encoder = build_text_encoder(self.text["name"], self.text["weights"])
         if cache_dir is not None and self._encoder.cache.dir != Path(cache_dir):
             self._encoder.cache = EmbeddingCache(cache_dir)
         return self._encoder
 
-    def concepts(self) -> list[datasets.Concept]:
-        return datasets.concepts(self.concept_source, self.n_concepts)
+    def concepts(self) -> list[Concept]:
+        if self.concept_source != "pipeline":
+            if self.concept_names is not None:
+                raise self._bad("concept_names needs concept_source: pipeline")
+            return concepts(self.concept_source, self.n_concepts)
+        if self.pipeline is None:
+            raise self._bad("concept_source: pipeline needs a pipeline to draw the images")
+        names = self.concept_names or [c.name for c in concepts("shapes", self.n_concepts)]
+        if len(names) < self.n_concepts or len(set(names)) < len(names):
+            raise self._bad(
+                f"concept_names: need {self.n_concepts} distinct names, got {len(names)}"
+            )
+        return [Concept(n, f"a {n}", "pipeline", i) for i, n in enumerate(names[: self.n_concepts])]
+
+    @classmethod
+    def data_keys(cls, init_args: dict[str, Any]) -> list[str]:
+        source, pipe = (argument(cls, init_args, k) for k in ("concept_source", "pipeline"))
+        keys = [str(source)]
+        if str(source).startswith("imagefolder:"):
+            keys = [datasets.source_key(source)]
+        return keys + ([Pipeline(pipe).key()] if pipe else [])
+
+    def data_record(self) -> dict[str, Any]:
+        record = {"source": self.concept_source, "concepts": len(self.concepts())}
+        if self.concept_source == "shapes":
+            record["origin"] = f"drawn by nwa.zoo.shapes v{shapes.GENERATOR_VERSION}"
+        if self.pipeline is not None:
+            record["pipeline"] = self.pipeline.key()
+        return record
 
     def classes(self) -> list[str]:
         return [c.name for c in self.concepts()]
@@ -287,7 +361,7 @@ class LoraRecipe(Recipe):
             for k in range(m):
                 tree = trees[(ci * m + k) % self.n_trees]
                 params = self._sample(rng) | {"concept": concept, "concept_index": ci}
-                job_id = f"{self.name}-{_slug(concept)}-{k:03d}"
+                job_id = f"{self.name}-{slug(concept)}-{k:03d}"
                 members.append(Job(job_id, "member", tree, f"{tree}-root", splits[k], params))
         return roots + members
 
@@ -317,82 +391,3 @@ class LoraRecipe(Recipe):
             "seed": int(rng.integers(0, 2**31 - 1)),
         }
         return {"seed": hp["seed"], "hparams": hp}
-
-    # -- training ------------------------------------------------------------------------------
-
-    def _scheduler(self) -> Any:
-        from diffusers import DDPMScheduler
-
-        return DDPMScheduler(num_train_timesteps=self.num_train_timesteps)
-
-    def _images(
-        self, concept: datasets.Concept, n: int, seed: int, split: str = "train"
-    ) -> torch.Tensor:
-        """``n`` images of a concept scaled to [-1, 1]. Shapes: [n, 3, S, S]."""
-        return concept.images(n, seed=seed, split=split, size=self.image_size) * 2 - 1
-
-    def _cond(self, encoder: Any, names: Sequence[str]) -> torch.Tensor:
-        """Token states of the concepts' prompts. Shapes: [len(names), max_length, token_dim]."""
-        return encoder.token_states([self.prompt.format(concept=n) for n in names], self.max_length)
-
-    def run(
-        self, job: Job, writer: ZooWriter, root: dict[str, torch.Tensor] | None
-    ) -> dict[str, Any]:
-        start = time.perf_counter()
-        cache = self.text["cache_dir"] or writer.root / ".cache" / "text"
-        encoder = self.encoder(cache)
-        torch.manual_seed(job.params["seed"])
-        if job.kind == "root":
-            out = self._run_root(job, writer, encoder)
-        else:
-            if root is None:
-                raise ValueError(f"member {job.id} needs its root's tensors")
-            out = self._run_member(job, writer, encoder, root)
-        log.info("%s: %s done in %.1f s", job.id, job.kind, time.perf_counter() - start)
-        return out
-
-    def _run_root(self, job: Job, writer: ZooWriter, encoder: Any) -> dict[str, Any]:
-        p, concepts = job.params, self.concepts()
-        cond = self._cond(encoder, [c.name for c in concepts])
-        n = p["images_per_concept"]
-        images = torch.cat([self._images(c, n, stable_seed(p["seed"], c.name)) for c in concepts])
-        labels = torch.arange(len(concepts)).repeat_interleave(len(images) // len(concepts))
-        config = self.unet_config(encoder.token_dim)
-        unet = build_unet(config)
-        hp = {k: p[k] for k in ("steps", "lr", "batch_size")}
-        loss = math.nan
-        if hp["steps"]:
-            loss = train_steps(unet, self._scheduler(), images, cond, labels, hp, p["seed"])
-        meta = {"nwa.arch": ROOT_ARCH, "nwa.unet_config": json.dumps(config)}
-        path = save_root(writer, job.id, unet.state_dict(), meta)  # roots/<id>.safetensors
-        n_params = sum(t.numel() for t in unet.parameters())
-        info = {"arch": ROOT_ARCH, "seed": p["seed"], "params": n_params, "final_loss": loss}
-        return {"path": path, **info, **hp, "unet_config": config, "text_encoder": encoder.model_id}
-
-    def _run_member(
-        self, job: Job, writer: ZooWriter, encoder: Any, root: dict[str, torch.Tensor]
-    ) -> dict[str, Any]:
-        p, hp = job.params, job.params["hparams"]
-        concept = self.concepts()[p["concept_index"]]
-        if concept.name != p["concept"]:
-            raise ConfigError(f"{job.id}: planned for {p['concept']!r}, now {concept.name!r}")
-        unet = build_unet(self.unet_config(encoder.token_dim))
-        unet.load_state_dict(root)
-        images = self._images(concept, hp["n_images"], hp["seed"])
-        test = self._images(concept, _EVAL_IMAGES, 0, split="test")
-        cond = self._cond(encoder, [concept.name])
-        config, labels = fit_lora(unet, self._scheduler(), hp, images, cond, test)
-        meta = {"nwa.arch": ARCH, "nwa.concept": concept.name, "nwa.root": job.parent}
-        file = save_lora(writer.root / "weights" / job.id, lora_state(unet), config, meta)
-        return {
-            "id": job.id,
-            "path": str(file.relative_to(writer.root)),
-            "tree": job.tree,
-            "parent": job.parent,
-            "arch": ARCH,
-            "split": job.split,
-            "classes": [p["concept_index"]],
-            "concept": concept.name,
-            "hparams": hp,
-            "labels": labels,
-        }

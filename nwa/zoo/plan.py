@@ -63,11 +63,32 @@ class ZooConfig:
         }
 
     def digest(self) -> str:
-        """Short hash of everything that affects the models (not the description)."""
+        """Short hash of everything that affects the models (not the description), with the
+        identity of the data each recipe reads (:meth:`Recipe.data_keys`)."""
         body = json.dumps(
-            {"name": self.name, "seed": self.seed, "recipes": self.recipes}, sort_keys=True
+            {
+                "name": self.name,
+                "seed": self.seed,
+                "recipes": self.recipes,
+                "data": data_keys(self),
+            },
+            sort_keys=True,
         )
         return hashlib.sha256(body.encode()).hexdigest()[:10]
+
+
+def data_keys(config: ZooConfig) -> list[list[str]]:
+    """Each recipe's :meth:`~nwa.zoo.recipe.Recipe.data_keys` (empty where the class does not
+    import: :func:`make_plan` reports that)."""
+    out = []
+    for spec in config.recipes:
+        module, _, name = spec["class_path"].rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+            out.append(list(cls.data_keys(spec["init_args"])))
+        except (ImportError, AttributeError, ValueError, TypeError, KeyError):
+            out.append([])
+    return out
 
 
 def resolve_config(name_or_path: str | Path) -> Path:

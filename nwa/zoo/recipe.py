@@ -85,3 +85,43 @@ class Recipe(ABC):
 
     def holdout_concepts(self) -> list[str]:
         return []
+
+    def data_record(self) -> dict[str, Any]:
+        """What data the recipe's models saw, for ``zoo.json`` (source, origin, fingerprint)."""
+        return {}
+
+    @classmethod
+    def data_keys(cls, init_args: dict[str, Any]) -> list[str]:
+        """What identifies the data a config's recipe reads, without loading it: part of the
+        zoo's cache key, so zoos built from other data (another generator version, another
+        folder) never share a folder. Defaults of unset arguments count."""
+        return []
+
+
+def argument(cls: type, init_args: dict[str, Any], name: str) -> Any:
+    """A constructor argument as a config sets it, or its default."""
+    import inspect
+
+    if name in init_args:
+        return init_args[name]
+    return inspect.signature(cls.__init__).parameters[name].default
+
+
+DEVICES = ("cpu", "auto", "cuda", "cuda:N")
+
+
+def pick_device(name: str) -> torch.device:
+    """The torch device a recipe trains on: ``cpu``, ``cuda[:N]``, or ``auto`` (CUDA when present).
+
+    Raises:
+        ConfigError: An unknown name, or CUDA asked for where there is none.
+    """
+    from nwa.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not (name == "cuda" or name.startswith("cuda:") and name[5:].isdigit()):
+        raise ConfigError(f"device {name!r}: use one of {', '.join(DEVICES)}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: no CUDA device on this machine (use auto or cpu)")
+    return torch.device(name)

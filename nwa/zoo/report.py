@@ -135,6 +135,12 @@ def build_info(plan: Plan, n_models: int, threads: list[int]) -> dict[str, Any]:
         "seed": plan.config.seed,
         "n_models": n_models,
         "n_roots": len(plan.roots),
+        # the images behind the labels: a zoo from other data never passes for this one
+        "data": [
+            {"recipe": plan.recipe_name(i)} | record
+            for i, r in enumerate(plan.recipes)
+            if (record := r.data_record())
+        ],
         "versions": versions(),
         "device": ",".join(devices),
         "threads": threads,

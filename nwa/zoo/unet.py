@@ -52,10 +52,11 @@ def unet_config(
 
 
 def build_unet(config: dict[str, Any]) -> torch.nn.Module:
-    """A randomly initialised ``UNet2DConditionModel`` from :func:`unet_config` output."""
+    """A randomly initialised ``UNet2DConditionModel`` from :func:`unet_config` output or a
+    pipeline's ``unet/config.json``."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(**config)
+    return UNet2DConditionModel.from_config(config)
 
 
 def check_target_modules(unet: torch.nn.Module, targets: Sequence[str]) -> str | None:
@@ -77,16 +78,21 @@ def ddpm_loss(
     g: torch.Generator,
     timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Noise-prediction MSE at random (or given) timesteps.
+    """Denoising MSE at random (or given) timesteps, against the noise or, for schedulers that
+    predict it, the velocity. Noise is drawn on the CPU, so a seed gives the same loss anywhere.
 
     Shapes:
-        x0: [B, 3, H, W] in [-1, 1]; cond: [B, L, D]; returns a scalar.
+        x0: [B, C, H, W] (pixels in [-1, 1], or latents); cond: [B, L, D]; returns a scalar.
     """
-    noise = torch.randn(x0.shape, generator=g)
+    noise = torch.randn(x0.shape, generator=g).to(x0.device)
     if timesteps is None:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=g)
+    timesteps = timesteps.to(x0.device)
     noisy = scheduler.add_noise(x0, noise, timesteps)
-    return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=cond).sample, noise)
+    target = noise
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(x0, noise, timesteps)
+    return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=cond).sample, target)
 
 
 def train_steps(
@@ -105,13 +111,15 @@ def train_steps(
         into ``cond``.
     """
     params = [p for p in unet.parameters() if p.requires_grad]
+    device = next(unet.parameters()).device
     opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp.get("weight_decay", 0.0))
     g = torch.Generator().manual_seed(seed)
     unet.train()
     losses = []
     for _ in range(hp["steps"]):
         idx = torch.randint(0, len(images), (hp["batch_size"],), generator=g)
-        loss = ddpm_loss(unet, scheduler, images[idx], cond[labels[idx]], g)
+        xb, cb = images[idx].to(device), cond[labels[idx]].to(device)
+        loss = ddpm_loss(unet, scheduler, xb, cb, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -132,7 +140,9 @@ def eval_loss(
     """
     g = torch.Generator().manual_seed(0)
     t = torch.linspace(0, scheduler.config.num_train_timesteps - 1, len(images)).long()
-    return float(ddpm_loss(unet, scheduler, images, cond.expand(len(images), -1, -1), g, t))
+    device = next(unet.parameters()).device
+    x, c = images.to(device), cond.expand(len(images), -1, -1).to(device)
+    return float(ddpm_loss(unet, scheduler, x, c, g, t))
 
 
 def fit_lora(
@@ -178,7 +188,7 @@ def lora_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The peft LoRA factors in module order (``<module>.lora_A.weight`` / ``lora_B.weight``)."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
 
 
 def save_lora(
