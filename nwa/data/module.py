@@ -73,8 +73,9 @@ class WeightDataset(Dataset):
         if self.augment:
             tensors = self.dm.permute(tensors)
         x = make_input(self.dm.input, tensors, self.dm.spec, self.dm.layer_names)
-        if self.dm.cache and not self.augment and self.dm.input == "stats":
-            # StatNN features sort every tensor: compute them once, not every epoch.
+        if self.dm.cache and not self.augment and self.dm.input in ("stats", "spectral"):
+            # StatNN features sort every tensor, spectral ones solve eigenproblems: compute
+            # them once, not every epoch.
             self._inputs[i] = x
         return {"x": x, "y": self.targets[i], "index": i}
 
@@ -146,8 +147,9 @@ class ModelZooDataModule(L.LightningDataModule):
         layers: Which tensors: an exact name, a glob, ``re:REGEX``, an index into the layout, or
             a list of these.
         input: The metanetwork family's input: ``matrix`` (one 2-D matrix per layer), ``flat``
-            (one vector), ``stats`` (StatNN features), ``graph`` (neural graph), ``chain``
-            (per-layer weights and biases, for neuron tokens).
+            (one vector), ``stats`` (StatNN features), ``spectral`` (WeightWatcher-style
+            spectral features of each selected 2-D+ weight, computed on the raw weights),
+            ``graph`` (neural graph), ``chain`` (per-layer weights and biases, for neuron tokens).
         target: ``classes`` (multi-label training classes), ``concept``, ``tree`` or ``arch``
             (multi-class), or ``properties`` (regression).
         properties: Regression targets for ``target: properties``.
@@ -156,7 +158,8 @@ class ModelZooDataModule(L.LightningDataModule):
         train_splits: Manifest splits used for training.
         val_splits: Manifest splits used for validation.
         test_splits: Manifest splits used for testing.
-        normalize: Standardize each layer by its mean and std over training models.
+        normalize: Standardize each layer by its mean and std over training models (not for
+            the ``spectral`` input, whose features describe the raw weights).
         permute_augment: Permute hidden neurons of training models (``chain`` and ``graph``).
         drop_nonfinite: Drop models with NaN/Inf weights (with a warning) instead of failing.
         batch_size: Global batch size; each of ``world_size`` ranks gets an equal share.
@@ -171,7 +174,7 @@ class ModelZooDataModule(L.LightningDataModule):
         zoo: str,
         adapter: str | None = None,
         layers: str | int | list[str | int] = "*weight",
-        input: Literal["matrix", "flat", "stats", "graph", "chain"] = "matrix",
+        input: Literal["matrix", "flat", "stats", "spectral", "graph", "chain"] = "matrix",
         target: Literal["classes", "concept", "tree", "arch", "properties"] = "classes",
         properties: Sequence[str] = ("test_acc", "gen_gap", "robustness"),
         trees: Sequence[str] | None = None,
@@ -212,6 +215,12 @@ class ModelZooDataModule(L.LightningDataModule):
         self._check_labels()
         self.spec, self.extra_names = resolve_spec(self.zoo, self.rows, layers, input)
         self.layer_names = [n for n in self.spec.names if n not in self.extra_names]
+        if input == "spectral":
+            flat = [n for n in self.spec.names if len(self.spec[n].shape) < 2]
+            if flat:
+                raise ConfigError(
+                    f"input 'spectral' needs 2-D or larger weights, but {flat[:4]} are 1-D; narrow data.layers"
+                )
         self.layout = (
             BatchLayout(input, self.spec, self.layer_names) if input in BATCHED_INPUTS else None
         )
@@ -222,7 +231,7 @@ class ModelZooDataModule(L.LightningDataModule):
         self._rng = random.Random(seed)
         if drop_nonfinite:
             self.rows = self._drop_nonfinite(self.rows)
-        if normalize:
+        if normalize and input != "spectral":
             self.normalizer = self._fit_normalizer()
 
     # ----- what models need to be built (LightningCLI links) -----
@@ -237,7 +246,11 @@ class ModelZooDataModule(L.LightningDataModule):
 
     @property
     def stats_dim(self) -> int:
-        return 7 * len(self.spec.names)
+        """Features of the ``stats`` (7 per tensor) or ``spectral`` input (6 per tensor)."""
+        from nwa.weights.spectral import FEATURES
+
+        per_tensor = len(FEATURES) if self.input == "spectral" else 7
+        return per_tensor * len(self.spec.names)
 
     @property
     def chain_shapes(self) -> list[tuple[int, int, int]]:
