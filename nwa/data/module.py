@@ -458,6 +458,28 @@ class ModelZooDataModule(L.LightningDataModule):
             self._datasets[key], batch_size=batch_size or self.batch_size, collate_fn=self.collate
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to read new models as this module read the zoo's (Lightning
+        stores it in every checkpoint): the input kind, each tensor's name and shape, the
+        layers (as opposed to paired biases), the normalization, and the model selection.
+        Plain containers, so ``torch.load(weights_only=True)`` reads it."""
+        hp = self.hparams
+        return {
+            "input": self.input,
+            "target": self.target,
+            "tensors": {n: list(self.spec[n].shape) for n in self.spec.names},
+            "layers": list(self.layer_names),
+            "normalize": {"mean": dict(self.normalizer.mean), "std": dict(self.normalizer.std)},
+            "zoo": self.zoo.meta.name,
+            "trees": list(hp.trees or []),
+            "arch": hp.arch,
+            "splits": {k: list(v) for k, v in self.splits.items()},
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore: the module recomputes the same state from its zoo."""
+
     def describe(self) -> str:
         counts = {s: int(self.rows["split"].isin(v).sum()) for s, v in self.splits.items()}
         return (

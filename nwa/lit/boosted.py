@@ -223,6 +223,7 @@ class BoostedTreesModule(WeightModule):
 
     # ----- checkpoints: the trees as LightGBM model strings -----
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # the validation residuals (regression)
         checkpoint["boosted_trees"] = None if self.trees is None else self.trees.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
