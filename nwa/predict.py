@@ -136,6 +136,10 @@ def score(pred: Any, refs: list[Any], args: argparse.Namespace, progress: Any) -
     from nwa.tasks import compute_metrics
 
     t, task = pred.targets, pred.module.task
+    if args.concepts and not hasattr(task, "model_embeddings"):
+        raise NwaError(
+            f"{pred.path}: --concepts needs a weight-to-text run; this one predicts {t.kind}"
+        )
     size = args.batch_size or pred.data.get("batch_size") or 64
     metrics, labelled = task.metrics(), []
     half, threshold = pred.half_widths(args.coverage), pred.tree_threshold(args.tree_coverage)
@@ -260,14 +264,17 @@ def run(argv: Sequence[str] | None = None) -> Predictions:
         check_suffix(args.out)
     if not 0 < args.coverage < 1 or not 0 < args.tree_coverage < 1:
         raise NwaError("--coverage and --tree_coverage must lie in (0, 1)")
+    if args.top_k < 1 or (args.batch_size is not None and args.batch_size < 1):
+        raise NwaError("--top_k and --batch_size must be positive")
     if args.device == "auto":
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     merged: dict[str, dict[str, Any]] = {}
     results, errors, seconds, n_models = [], [], 0.0, 0
-    with count_bar() as progress:
-        progress.disable = args.quiet
+    progress = count_bar()
+    progress.disable = args.quiet or not sys.stdout.isatty()  # a live bar only on a terminal
+    with progress:
         for path in args.ckpt_path:
             pred = Predictor.load(path)
             pred.module.to(args.device)
@@ -293,7 +300,7 @@ def run(argv: Sequence[str] | None = None) -> Predictions:
     if not args.quiet:
         print_results(rows, results, args)
         print(
-            f"nwa: {n_models} model predictions in {seconds:.2f} s of reading and scoring "
+            f"nwa: {n_models} model prediction(s) in {seconds:.2f} s of reading and scoring "
             f"({n_models / max(seconds, 1e-9):.1f} models/s)"
         )
     if args.out:

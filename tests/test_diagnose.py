@@ -168,3 +168,14 @@ def test_numpy_reader_matches_safetensors_and_declines_what_it_cannot_read(tmp_p
     out = tmp_path / "bf16.csv"
     run([str(tmp_path / "bf16.safetensors"), "--out", str(out), "--quiet"])
     assert float(_rows(out)["w.weight"]["alpha"]) > 0
+
+
+def test_a_layer_with_nan_is_listed_not_fatal(tmp_path):
+    path, out = tmp_path / "nan.safetensors", tmp_path / "nan.csv"
+    bad = torch.randn(16, 12)
+    bad[3, 4] = float("nan")
+    save_file({"good.weight": torch.randn(16, 12), "bad.weight": bad}, path)
+    run([str(path), "--out", str(out), "--quiet"])
+    rows = _rows(out)
+    assert rows["bad.weight"]["skipped"] == "1 of 192 values are NaN or Inf"
+    assert not rows["good.weight"]["skipped"] and float(rows["good.weight"]["alpha"]) > 0

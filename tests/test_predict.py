@@ -174,6 +174,9 @@ def test_bad_models_and_checkpoints_end_with_one_line(runs, tiny_zoo, tmp_path, 
     ).rows
     assert len(rows) == 1
     assert "skipped" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--ckpt_path", ckpt, str(narrow), "--concepts", "a coat", "--quiet"])
+    assert "--concepts needs a weight-to-text run" in capsys.readouterr().err
 
 
 @pytest.mark.slow

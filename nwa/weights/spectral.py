@@ -301,13 +301,26 @@ def batches(plans: Sequence[LayerPlan], max_numel: int | None = None) -> list[li
 
 def analyze_batch(
     source: ArraySource, batch: Sequence[LayerPlan], solver: str = "gram", keep_evals: bool = False
-) -> list[LayerResult]:
-    """Read the layers of one batch, compute their eigenvalues in one solver call, fit each."""
-    mats = np.concatenate([layer_matrices(p, source.get(p.name)) for p in batch])
-    evals = eigenvalues(mats, solver)
-    del mats
-    out, at = [], 0
+) -> list[LayerResult | tuple[str, tuple[int, ...], str]]:
+    """Read the layers of one batch, compute their eigenvalues in one solver call, fit each.
+
+    A layer holding NaN or Inf comes back as a skipped entry ``(name, shape, reason)``."""
+    out: list[LayerResult | tuple[str, tuple[int, ...], str]] = []
+    good, mats = [], []
     for plan in batch:
+        m = layer_matrices(plan, source.get(plan.name))
+        bad = int(m.size - np.isfinite(m).sum())
+        if bad:
+            out.append((plan.name, plan.shape, f"{bad} of {m.size} values are NaN or Inf"))
+        else:
+            good.append(plan)
+            mats.append(m)
+    if not good:
+        return out
+    evals = eigenvalues(np.concatenate(mats), solver)
+    del mats
+    at = 0
+    for plan in good:
         ev = evals[at : at + plan.rf].ravel()
         at += plan.rf
         out.append(LayerResult(plan, layer_metrics(ev), ev.copy() if keep_evals else None))
@@ -345,14 +358,15 @@ def analyze(
     order = {p.name: i for i, p in enumerate(plans)}
     results: list[LayerResult] = []
     for part in _run(source, batches(plans, max_batch_numel), solver, threads, keep_evals):
-        results.extend(part)
+        results.extend(r for r in part if isinstance(r, LayerResult))
+        skipped.extend(r for r in part if not isinstance(r, LayerResult))
     results.sort(key=lambda r: order[r.plan.name])
     return Diagnosis(results, skipped)
 
 
 def _run(
     source: ArraySource, work: list[list[LayerPlan]], solver: str, threads: int, keep: bool
-) -> Iterator[list[LayerResult]]:
+) -> Iterator[list]:
     if threads <= 1 or len(work) <= 1:
         for batch in work:
             yield analyze_batch(source, batch, solver, keep)
