@@ -35,10 +35,16 @@ from nwa.weights.spectral import MAX_EVALS, MAX_N, METRICS, MIN_EVALS, SOLVERS, 
 SUMMARY = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank")
 
 
+def _sentence(intro: str) -> str:
+    """The module docstring's first paragraph after its command line, as one sentence."""
+    text = " ".join(intro.split(": ", 1)[1].split())
+    return text[0].upper() + text[1:]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m nwa.diagnose",
-        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        description=_sentence(__doc__.split("\n\n")[0]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )

@@ -36,11 +36,17 @@ from typing import Any
 from nwa.errors import NwaError, exit_on_error
 
 
+def _sentence(intro: str) -> str:
+    """The module docstring's first paragraph after its command line, as one sentence."""
+    text = " ".join(intro.split(": ", 1)[1].split())
+    return text[0].upper() + text[1:]
+
+
 def build_parser() -> argparse.ArgumentParser:
     intro, rest = __doc__.split("\n\n", 1)
     p = argparse.ArgumentParser(
         prog="python -m nwa.predict",
-        description=intro.split(": ", 1)[1],
+        description=_sentence(intro),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=rest,
     )
