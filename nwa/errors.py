@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class NwaError(Exception):
@@ -67,3 +70,13 @@ class ZooError(NwaError):
 
 class ConfigError(NwaError):
     """A configuration value is invalid; raised before any work starts."""
+
+
+def exit_on_error(run: Callable[..., Any], *args: Any) -> Any:
+    """``run(*args)``, where an :class:`NwaError` ends the process with one line ``nwa: ...`` on
+    stderr and status 2 (a command's user error, never a traceback)."""
+    try:
+        return run(*args)
+    except NwaError as e:
+        print(f"nwa: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

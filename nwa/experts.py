@@ -111,6 +111,7 @@ class TreeRouter(nn.Module):
         self.register_buffer("centres", torch.zeros(0, 0))
         self.register_buffer("train_purity", torch.tensor(float("nan")))
         self.linkage_: np.ndarray | None = None
+        self.tree_names: list[str] = []  # each cluster's most common training tree
 
     @property
     def n_trees(self) -> int:
@@ -145,10 +146,18 @@ class TreeRouter(nn.Module):
         self.centres = centres.to(self.centres.device)
         if trees is not None:
             self.train_purity.fill_(cluster_purity(labels.tolist(), list(trees)))
+            counts: dict[int, Counter] = {}
+            for tree, c in zip(trees, labels.tolist()):
+                counts.setdefault(c, Counter())[tree] += 1
+            self.tree_names = [str(counts[k].most_common(1)[0][0]) for k in range(len(order))]
         return labels
 
     def route(self, x: torch.Tensor) -> torch.Tensor:
         """The nearest centre's id for each model, [B]."""
+        return self.nearest(x)[0]
+
+    def nearest(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nearest centre's id and the Euclidean distance to it, each [B]."""
         if not self.fitted:
             raise RuntimeError("TreeRouter.fit must be called on training models before route")
         x = x.flatten(1).to(self.centres)
@@ -156,7 +165,8 @@ class TreeRouter(nn.Module):
             raise ValueError(
                 f"the router was fitted on {self.centres.shape[1]} weights, got {x.shape[1]}"
             )
-        return torch.cdist(x, self.centres).argmin(dim=1)
+        dist, ids = torch.cdist(x, self.centres).min(dim=1)
+        return ids, dist
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.route(x)

@@ -77,6 +77,7 @@ def test_quickstart_builds_the_zoo_trains_and_predicts(kernel_env):
     assert "test/acc" in text  # test results of the trained ProbeX
     assert "val/acc" in text  # its log, read back
     assert "predicted classes:" in text and "true classes:" in text and "p(trained on)" in text
+    assert "models/s" in text and "Per-model summary" in text  # nwa.predict and nwa.diagnose
     assert (kernel_env / "nwa_home" / "zoos").is_dir()
 
 

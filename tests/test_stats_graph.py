@@ -1,4 +1,4 @@
-"""StatNN and spectral features against numpy and known spectra; chains and neural graphs."""
+"""StatNN features against numpy; chains and neural graphs."""
 
 from __future__ import annotations
 
@@ -20,16 +20,7 @@ from nwa.weights.graph import (
     chain_shapes,
     chain_to_graph,
 )
-from nwa.weights.stats import (
-    SPECTRAL_NAMES,
-    powerlaw_alpha,
-    spectral_features,
-    spectral_features_batched,
-    spectral_table,
-    statnn_feature_names,
-    statnn_features,
-    statnn_features_batched,
-)
+from nwa.weights.stats import statnn_feature_names, statnn_features, statnn_features_batched
 
 
 def test_statnn_features_match_numpy():
@@ -61,47 +52,6 @@ def test_statnn_batched_matches_single():
     assert out.shape == (4, 14)
     for b in range(4):
         torch.testing.assert_close(out[b], statnn_features([t[b] for t in batch]))
-
-
-def _with_singular_values(s: torch.Tensor, rows: int, cols: int, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    u, _ = torch.linalg.qr(torch.randn(rows, rows, generator=gen, dtype=torch.float64))
-    v, _ = torch.linalg.qr(torch.randn(cols, cols, generator=gen, dtype=torch.float64))
-    k = s.numel()
-    return u[:, :k] @ torch.diag(s.to(torch.float64)) @ v[:, :k].T
-
-
-def test_spectral_features_on_known_singular_values():
-    s = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.5, 0.25])
-    w = _with_singular_values(s, 10, 8)
-    f = dict(zip(SPECTRAL_NAMES, spectral_features(w).tolist()))
-    lam = s**2
-    assert f["log_spectral_norm"] == pytest.approx(math.log10(16.0), rel=1e-5)
-    assert f["log_frobenius_norm"] == pytest.approx(0.5 * math.log10(float(lam.sum())), rel=1e-5)
-    assert f["stable_rank"] == pytest.approx(float(lam.sum()) / 16.0, rel=1e-5)
-    assert f["alpha_weighted"] == pytest.approx(f["alpha"] * math.log10(16.0), rel=1e-5)
-
-
-def test_powerlaw_alpha_recovers_exponent():
-    # eigenvalues at the quantiles of a Pareto law with alpha = 3 and x_min = 1
-    n, alpha = 400, 3.0
-    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    lam = (1.0 - u) ** (-1.0 / (alpha - 1.0))
-    est, xmin, ks = powerlaw_alpha(lam)
-    assert est == pytest.approx(alpha, abs=0.2)
-    assert ks < 0.05
-    # the same spectrum planted in a matrix
-    w = _with_singular_values(lam.sqrt(), n, n)
-    got = spectral_features_batched(w.unsqueeze(0))[0, 0].item()
-    assert got == pytest.approx(est, rel=1e-3)
-    assert math.isnan(powerlaw_alpha(torch.tensor([1.0, 2.0]))[0])
-
-
-def test_spectral_rejects_vectors():
-    with pytest.raises(ValueError, match="no spectrum"):
-        spectral_table({"w": torch.randn(4, 3), "b": torch.randn(4)})
-    feats, names = spectral_table({"w": torch.randn(4, 3), "conv": torch.randn(6, 2, 3, 3)})
-    assert feats.shape == (10,) and names[5] == "conv/alpha"
 
 
 def test_chain_from_tensors_shapes_and_errors():

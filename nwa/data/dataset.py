@@ -64,8 +64,9 @@ class WeightDataset(Dataset):
         if self.augment:
             tensors = self.dm.permute(tensors, i)
         x = make_input(self.dm.input, tensors, self.dm.spec, self.dm.layer_names)
-        if self.dm.cache and not self.augment and self.dm.input == "stats":
-            # StatNN features sort every tensor: compute them once, not every epoch.
+        if self.dm.cache and not self.augment and self.dm.input in ("stats", "spectral"):
+            # StatNN features sort every tensor, spectral ones solve eigenproblems: compute
+            # them once, not every epoch.
             self._inputs[i] = x
         return {"x": x, "y": self.targets[i], "index": i}
 

@@ -61,8 +61,9 @@ class ModelZooDataModule(L.LightningDataModule):
             ``largest`` (the largest tensor of two or more dimensions, the deepest among equals),
             ``matrices`` (every such tensor), or a list of these; ``None``: by ``input``.
         input: The metanetwork family's input: ``matrix`` (one 2-D matrix per layer), ``flat``
-            (one vector), ``stats`` (StatNN features), ``graph`` (neural graph), ``chain``
-            (per-layer weights and biases, for neuron tokens).
+            (one vector), ``stats`` (StatNN features), ``spectral`` (WeightWatcher-style
+            spectral features of each selected 2-D+ weight, computed on the raw weights),
+            ``graph`` (neural graph), ``chain`` (per-layer weights and biases, for neuron tokens).
         target: ``classes`` (multi-label training classes), ``properties`` (regression), or a
             categorical label to classify: ``concept``, ``tree``, ``arch``, or any label or
             hyperparameter the models record (e.g. ``activation`` in the Small CNN Zoo).
@@ -81,7 +82,8 @@ class ModelZooDataModule(L.LightningDataModule):
         train_splits: Manifest splits used for training.
         val_splits: Manifest splits used for validation.
         test_splits: Manifest splits used for testing.
-        normalize: Standardize each layer by its mean and std over training models.
+        normalize: Standardize each layer by its mean and std over training models (not for
+            the ``spectral`` input, whose features describe the raw weights).
         permute_augment: Permute hidden neurons of training models (``chain`` and ``graph``).
         drop_nonfinite: Leave out models with NaN/Inf weights (with a warning) instead of
             failing; ``None``: only in zoos known to hold diverged runs (the Small CNN Zoo, whose
@@ -99,7 +101,7 @@ class ModelZooDataModule(L.LightningDataModule):
         adapter: str | None = None,
         adapter_options: dict[str, Any] | None = None,
         layers: str | int | list[str | int] | None = None,
-        input: Literal["matrix", "flat", "stats", "graph", "chain"] = "matrix",
+        input: Literal["matrix", "flat", "stats", "spectral", "graph", "chain"] = "matrix",
         target: str = "classes",
         properties: Sequence[str] = ("test_acc", "gen_gap", "robustness"),
         trees: Sequence[str] | None = None,
@@ -153,6 +155,12 @@ class ModelZooDataModule(L.LightningDataModule):
             self.zoo, self.rows, self.selection["layers"], input
         )
         self.layer_names = [n for n in self.spec.names if n not in self.extra_names]
+        if input == "spectral":
+            flat = [n for n in self.spec.names if len(self.spec[n].shape) < 2]
+            if flat:
+                raise ConfigError(
+                    f"input 'spectral' needs 2-D or larger weights, but {flat[:4]} are 1-D; narrow data.layers"
+                )
         self.layout = (
             BatchLayout(input, self.spec, self.layer_names) if input in BATCHED_INPUTS else None
         )
@@ -165,7 +173,7 @@ class ModelZooDataModule(L.LightningDataModule):
             drop_nonfinite is None and self.zoo.meta.build.get("adapter") in DIVERGED
         ):
             self.rows = self._drop_nonfinite(self.rows)
-        if normalize:
+        if normalize and input != "spectral":
             self.normalizer = self._fit_normalizer()
 
     # ----- what models need to be built (LightningCLI links) -----
@@ -180,7 +188,11 @@ class ModelZooDataModule(L.LightningDataModule):
 
     @property
     def stats_dim(self) -> int:
-        return 7 * len(self.spec.names)
+        """Features of the ``stats`` (7 per tensor) or ``spectral`` input (6 per tensor)."""
+        from nwa.weights.spectral import FEATURES
+
+        per_tensor = len(FEATURES) if self.input == "spectral" else 7
+        return per_tensor * len(self.spec.names)
 
     @property
     def chain_shapes(self) -> list[tuple[int, int, int]]:
@@ -371,6 +383,28 @@ class ModelZooDataModule(L.LightningDataModule):
         return DataLoader(
             self._datasets[key], batch_size=batch_size or self.batch_size, collate_fn=self.collate
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to read new models as this module read the zoo's (Lightning
+        stores it in every checkpoint): the input kind, each tensor's name and shape, the
+        layers (as opposed to paired biases), the normalization, and the model selection.
+        Plain containers, so ``torch.load(weights_only=True)`` reads it."""
+        hp = self.hparams
+        return {
+            "input": self.input,
+            "target": self.target,
+            "tensors": {n: list(self.spec[n].shape) for n in self.spec.names},
+            "layers": list(self.layer_names),
+            "normalize": {"mean": dict(self.normalizer.mean), "std": dict(self.normalizer.std)},
+            "zoo": self.zoo.meta.name,
+            "trees": list(hp.trees or []),
+            "arch": hp.arch,
+            "splits": {k: list(v) for k, v in self.splits.items()},
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore: the module recomputes the same state from its zoo."""
 
     def describe(self) -> str:
         counts = {s: int(self.rows["split"].isin(v).sum()) for s, v in self.splits.items()}

@@ -17,7 +17,7 @@ from nwa.errors import LayerNotFoundError
 from nwa.weights.spec import ZooSpec, check_finite, select_layers, to_matrix
 from nwa.zoo.manifest import Zoo
 
-INPUTS = ("matrix", "flat", "stats", "graph", "chain")
+INPUTS = ("matrix", "flat", "stats", "spectral", "graph", "chain")
 BATCHED_INPUTS = ("matrix", "flat")
 """Inputs whose batches models are read straight into (see :class:`BatchLayout`)."""
 
@@ -163,6 +163,7 @@ def make_input(kind: str, tensors: dict[str, torch.Tensor], spec: ZooSpec, weigh
     """One model's tensors -> the input of one metanetwork family (see :data:`INPUTS`).
 
     ``matrix``: ``{name: [d_H, d_W]}``; ``flat``: ``[D]``; ``stats``: ``[7 * n_tensors]``;
+    ``spectral``: ``[6 * n_tensors]`` (:func:`nwa.weights.spectral.spectral_features`);
     ``chain``: ``{"weights": [[out, in, k], ...], "biases": [[out], ...]}``; ``graph``: a
     ``torch_geometric.data.Data``.
     """
@@ -174,6 +175,10 @@ def make_input(kind: str, tensors: dict[str, torch.Tensor], spec: ZooSpec, weigh
         from nwa.weights.stats import statnn_features
 
         return statnn_features([tensors[n] for n in spec.names])
+    if kind == "spectral":
+        from nwa.weights.spectral import spectral_features
+
+        return spectral_features([tensors[n] for n in spec.names])
     from nwa.weights.graph import chain_from_tensors, chain_to_graph
 
     biases = [tensors.get(b) if (b := bias_name(n)) else None for n in weights]
@@ -324,7 +329,7 @@ def collate(kind: str, items: list):
     """Stack the inputs of a batch of models."""
     if kind == "matrix":
         return {n: torch.stack([it[n] for it in items]) for n in items[0]}
-    if kind in ("flat", "stats"):
+    if kind in ("flat", "stats", "spectral"):
         return torch.stack(items)
     if kind == "chain":
         n = len(items[0]["weights"])

@@ -26,6 +26,7 @@ AUTO_LAYERS: dict[str, str | list[str]] = {
     "matrix": "largest",  # the largest weight matrix (the deepest among equals)
     "flat": "largest",
     "stats": ["*.weight", "*.bias"],  # every weight and bias (not normalization buffers)
+    "spectral": "matrices",
     "chain": "matrices",  # every weight of two or more dimensions, in module order
     "graph": "matrices",
 }

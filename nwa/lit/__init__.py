@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from nwa import calibration
 from nwa.tasks import Targets, Task, compute_metrics, task_for
 from nwa.weights.spec import WeightShapes
 
@@ -74,6 +75,36 @@ class WeightModule(L.LightningModule):
         )
         self.metrics = nn.ModuleDict({stage: self.task.metrics() for stage in ("val", "test")})
 
+    # ----- calibration: validation residuals, kept with the checkpoint -----
+    def _keep_val(self, *parts: torch.Tensor) -> None:
+        """Keep tensors of a validation batch (predictions, targets ...) for :meth:`_val_outputs`."""
+        if not self.trainer.sanity_checking:
+            self.__dict__.setdefault("_val_parts", []).append([t.detach() for t in parts])
+
+    def _val_outputs(self) -> list[torch.Tensor] | None:
+        """This epoch's validation predictions, targets and extras, each [N, ...], from every
+        rank (DDP gives each rank an equal share), then forgotten; ``None`` if none were kept."""
+        parts = self.__dict__.pop("_val_parts", None)
+        if not parts:
+            return None
+        cat = [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+        if self.trainer.world_size > 1:
+            cat = [self.all_gather(t).flatten(0, 1) for t in cat]
+        return [t.cpu() for t in cat]
+
+    def _calibrate(self, residuals: torch.Tensor | None, **kw: torch.Tensor) -> None:
+        """Record the validation models' ``|y - y_hat|`` (see :mod:`nwa.calibration`)."""
+        self.calibration = calibration.record(
+            residuals, self.targets.names, self.global_step, self.current_epoch, **kw
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only residuals of the weights being saved (a checkpoint written after training steps
+        # that no validation has seen yet gets none).
+        record = getattr(self, "calibration", None)
+        if record is not None and record["step"] == self.global_step:
+            checkpoint[calibration.KEY] = record
+
     def forward(self, x: Any) -> torch.Tensor:
         return self.task(self.encoder(x))
 
@@ -116,6 +147,8 @@ class WeightModule(L.LightningModule):
             prog_bar=stage == "val",
         )
         self.task.update(self.metrics[stage], out, batch["y"])
+        if stage == "val" and self.targets.kind == "regression":
+            self._keep_val(out, batch["y"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -131,6 +164,10 @@ class WeightModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        outputs = self._val_outputs()
+        if outputs is not None:
+            out, y = outputs
+            self._calibrate((y.float() - out.float()).abs())
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")

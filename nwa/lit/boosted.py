@@ -122,7 +122,7 @@ class BoostedTreesModule(WeightModule):
         lgbm: Any other ``LGBMRegressor``/``LGBMClassifier`` argument.
 
     Shapes:
-        - input: [B, F] features (``data.input: stats``, or ``flat``)
+        - input: [B, F] features (``data.input: stats``, ``spectral`` or ``flat``)
         - output: [B, n_outputs] in the task's output space
     """
 
@@ -154,9 +154,9 @@ class BoostedTreesModule(WeightModule):
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self.trainer is not None else None
-        if dm is not None and getattr(dm, "input", "stats") not in ("stats", "flat"):
+        if dm is not None and getattr(dm, "input", "stats") not in ("stats", "spectral", "flat"):
             raise ConfigError(
-                f"BoostedTreesModule needs data.input 'stats' (StatNN) or 'flat', got {dm.input!r}"
+                f"BoostedTreesModule needs data.input 'stats' (StatNN), 'spectral' or 'flat', got {dm.input!r}"
             )
 
     def on_fit_start(self) -> None:
@@ -223,6 +223,7 @@ class BoostedTreesModule(WeightModule):
 
     # ----- checkpoints: the trees as LightGBM model strings -----
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # the validation residuals (regression)
         checkpoint["boosted_trees"] = None if self.trees is None else self.trees.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from nwa import calibration
 from nwa.errors import ConfigError
 from nwa.experts import TreeRouter
 from nwa.lit import EncoderFactory, TaskFactory, WeightModule
@@ -133,6 +134,7 @@ class MixtureOfTreeExperts(WeightModule):
         self.best_loss = torch.full((k,), float("inf"))
         self.best_epoch = [-1] * k
         self._best_state: list[dict[str, torch.Tensor] | None] = [None] * k
+        self._kept_residuals: list[torch.Tensor | None] = [None] * k  # of each kept expert
         self._val_sums, self._val_counts = torch.zeros(k), torch.zeros(k)
 
     @property
@@ -172,9 +174,14 @@ class MixtureOfTreeExperts(WeightModule):
                 expert["encoder"].fit(take(x, mask))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["router_trees"] = list(self.router.tree_names)
         kept = [k for k, state in enumerate(self._best_state) if state is not None]
         if self.hparams.selection != "per_expert" or not kept:
             return
+        if getattr(self, "calibration", None) is not None:
+            # residuals of the kept experts, which evaluation uses, whenever they were kept
+            checkpoint[calibration.KEY] = self.calibration
         # The trained weights stay in state_dict (to resume training); the kept experts go
         # beside them and replace them when the checkpoint is loaded for evaluation.
         checkpoint["kept_experts"] = {
@@ -185,12 +192,15 @@ class MixtureOfTreeExperts(WeightModule):
                 for k in kept
                 for name, t in self._best_state[k].items()
             },
+            "residuals": {k: r.cpu() for k, r in enumerate(self._kept_residuals) if r is not None},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         centres = checkpoint["state_dict"].get("router.centres")
         if centres is not None and len(self.experts) != centres.shape[0]:
             self._build_experts(centres.shape[0])
+        self.router.tree_names = list(checkpoint.get("router_trees", []))
+        self.calibration = checkpoint.get(calibration.KEY)
         kept = checkpoint.get("kept_experts")
         if kept is None or self.hparams.selection != "per_expert":
             return
@@ -201,6 +211,8 @@ class MixtureOfTreeExperts(WeightModule):
             k, name = key.split(".", 1)
             states[int(k)][name] = t
         self._best_state = [s or None for s in states]
+        for k, r in kept.get("residuals", {}).items():
+            self._kept_residuals[int(k)] = r
         # Lightning loads state_dict after this hook: resuming training continues from the
         # trained weights, anything else (test, predict, load_from_checkpoint) gets the kept ones.
         trainer = self._trainer
@@ -295,7 +307,7 @@ class MixtureOfTreeExperts(WeightModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        clusters = self.route(batch["x"])
+        clusters, dist = self.router.nearest(self._router_input(batch["x"]))
         out = self(batch["x"], clusters)
         sums, counts = self._expert_losses(out, batch["y"], clusters)
         n = len(batch["y"])
@@ -304,6 +316,7 @@ class MixtureOfTreeExperts(WeightModule):
         if stage == "val":
             self._val_sums = self._val_sums.to(sums) + sums.detach()
             self._val_counts = self._val_counts.to(counts) + counts
+            self._keep_val(out, batch["y"], clusters, dist)
         self.task.update(self.metrics[stage], out, batch["y"])
         self._routed[stage].append((clusters.cpu(), batch["index"].cpu()))
 
@@ -339,10 +352,30 @@ class MixtureOfTreeExperts(WeightModule):
         )
         if self.hparams.selection == "shared":
             self.log("val/selected_loss", sums.sum() / counts.sum().clamp(min=1), sync_dist=True)
+        else:
+            selected = self.keep_best(losses, counts.cpu(), self.current_epoch)
+            if selected is not None:
+                self.log("val/selected_loss", selected, sync_dist=True)
+        self._calibrate_kept()
+
+    def _calibrate_kept(self) -> None:
+        """The calibration record of the evaluated mixture: validation residuals of the kept
+        experts (each from the epoch it was kept; this epoch's under shared selection) and every
+        validation model's distance to its nearest tree (for "none of the known trees")."""
+        outputs = self._val_outputs()
+        if outputs is None:
             return
-        selected = self.keep_best(losses, counts.cpu(), self.current_epoch)
-        if selected is not None:
-            self.log("val/selected_loss", selected, sync_dist=True)
+        out, y, clusters, dist = outputs
+        residuals = None
+        if self.targets.kind == "regression":
+            residuals = (y.float() - out.float()).abs()
+            if self.hparams.selection == "per_expert":
+                for k in range(len(self.experts)):
+                    if self.best_epoch[k] == self.current_epoch:
+                        self._kept_residuals[k] = residuals[clusters == k]
+                kept = [r for r in self._kept_residuals if r is not None]
+                residuals = torch.cat(kept) if kept else None
+        self._calibrate(residuals, distances=dist)
 
     def keep_best(
         self, losses: torch.Tensor, counts: torch.Tensor, epoch: int

@@ -184,7 +184,7 @@ class WeightShapes:
     Attributes:
         layers: 2-D shape (d_H, d_W) of each selected layer (``matrix`` input).
         flat_dim: Length of the flattened selected weights (``flat`` input).
-        stats_dim: Number of StatNN features (``stats`` input).
+        stats_dim: Number of features of the ``stats`` (StatNN) or ``spectral`` input.
         chain: (out, in, kernel) of each layer of the ``chain``/``graph`` input.
     """
 

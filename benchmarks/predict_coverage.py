@@ -1,0 +1,135 @@
+"""Calibrated property intervals of ``python -m nwa.predict`` on a default zoo, and its speed.
+
+Run: ``python benchmarks/predict_coverage.py [--zoo default_vision] [--seeds 3] [--out FILE]``.
+
+For each seed: train ProbeX for the properties (``configs/probex_vision.yaml`` +
+``configs/shared/regression.yaml``: test accuracy, generalization gap, robustness of the ResNet
+fine-tunes) and for the training classes (``configs/probex_vision.yaml``), exactly as
+``python -m nwa.fit`` does; then, with ``nwa.predict`` on the zoo's test split, check that the
+run's test metrics are reproduced, and measure the coverage of the conformal intervals (90 % and
+80 %, calibrated on the validation split stored in the checkpoint). Throughput: both checkpoints
+on every ResNet of the zoo (pretrained trees and forest), models per second of reading and
+scoring (checkpoint loading excluded), median of ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nwa.fit import run as fit  # noqa: E402
+from nwa.predict import run as predict  # noqa: E402
+from nwa.zoo.cache import ensure_zoo, zoo_path  # noqa: E402
+
+PROPS = ("test_acc", "gen_gap", "robustness")
+
+
+def train(work: Path, zoo: Path, seed: int, regression: bool, epochs: int | None) -> tuple:
+    extra = ["--config", str(ROOT / "configs/shared/regression.yaml")] if regression else []
+    root = work / f"{'props' if regression else 'classes'}-{seed}"
+    cli, results = fit(
+        [
+            *("--config", str(ROOT / "configs/probex_vision.yaml"), *extra),
+            *("--data.init_args.zoo", str(zoo), "--seed_everything", str(seed)),
+            *(["--trainer.max_epochs", str(epochs)] if epochs else []),
+            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
+            *("--trainer.logger.save_dir", str(root), "--trainer.default_root_dir", str(root)),
+            *("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"),
+        ]
+    )
+    return cli.trainer.checkpoint_callback.best_model_path, results[0]
+
+
+def reproduced(found: dict, tested: dict) -> bool:
+    keys = [k for k in tested if k != "test/loss"]
+    same = [found[k] == tested[k] or (math.isnan(found[k]) and math.isnan(tested[k])) for k in keys]
+    return bool(keys) and all(same)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--zoo", default="default_vision", help="zoo name (built on first use) or folder"
+    )
+    p.add_argument("--seeds", type=int, default=3, help="training seeds")
+    p.add_argument("--epochs", type=int, help="max_epochs (default: the recipe's)")
+    p.add_argument("--repeats", type=int, default=3, help="throughput measurements")
+    p.add_argument("--workdir", default="/tmp/nwa-bench-predict", help="runs go here")
+    p.add_argument("--out", help="also write the report (Markdown) here")
+    args = p.parse_args()
+    zoo = zoo_path(args.zoo) if Path(args.zoo).is_dir() else ensure_zoo(args.zoo, progress=True)
+    work = Path(args.workdir)
+    lines, covers = [], {0.9: [], 0.8: []}
+    header = "| seed | val / test models | test R^2 (mean) | classes test acc | reproduced | "
+    header += " | ".join(f"cover {c:.0%} {p}" for c in covers for p in PROPS) + " |"
+    lines += [header, "|" + "---|" * (5 + 2 * len(PROPS))]
+    ckpts = []
+    for seed in range(args.seeds):
+        props, tested = train(work, zoo, seed, True, args.epochs)
+        classes, tested_c = train(work, zoo, seed, False, args.epochs)
+        ckpts.append((classes, props))
+        cells, ok = [], True
+        for coverage in covers:
+            result = predict(
+                [
+                    "--ckpt_path",
+                    props,
+                    str(zoo),
+                    "--split",
+                    "test",
+                    "--coverage",
+                    str(coverage),
+                    "--quiet",
+                ]
+            )
+            found = result.metrics[0]
+            ok &= reproduced(found, tested)
+            cover = [found[f"test/coverage_{p}"] for p in PROPS]
+            covers[coverage] += cover
+            cells += [f"{c:.3f}" for c in cover]
+        val = predict(["--ckpt_path", props, str(zoo), "--split", "val", "--quiet"])
+        found_c = predict(["--ckpt_path", classes, str(zoo), "--split", "test", "--quiet"]).metrics[
+            0
+        ]
+        ok &= reproduced(found_c, tested_c)
+        lines.append(
+            f"| {seed} | {len(val.rows)} / {len(result.rows)} | {tested['test/r2']:.3f} "
+            f"| {tested_c['test/acc']:.3f} | {'yes' if ok else 'NO'} | " + " | ".join(cells) + " |"
+        )
+    speeds = []
+    for _ in range(args.repeats):
+        classes, props = ckpts[0]
+        result = predict(
+            ["--ckpt_path", classes, "--ckpt_path", props, str(zoo), "--trees", "*", "--quiet"]
+        )
+        speeds.append(result.predictions / result.seconds)
+    summary = [
+        "",
+        *(
+            f"Coverage of the {c:.0%} intervals, all seeds and properties: {statistics.mean(v):.3f} "
+            f"(min {min(v):.3f}, max {max(v):.3f})."
+            for c, v in covers.items()
+        ),
+        f"Throughput: {result.predictions} model predictions (2 checkpoints x "
+        f"{len(result.rows)} ResNets) at {statistics.median(speeds):.1f} models/s "
+        f"(median of {args.repeats}; reading + forward, checkpoint loading excluded).",
+    ]
+    text = (
+        f"nwa.predict on {zoo.name}, {datetime.date.today()}, {os.cpu_count()} CPU cores, "
+        f"{args.seeds} seeds\n\n" + "\n".join(lines + summary) + "\n"
+    )
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
