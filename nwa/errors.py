@@ -56,3 +56,7 @@ class ZooError(NwaError):
 
 class ConfigError(NwaError):
     """A configuration value is invalid; raised before any work starts."""
+
+
+class GraphBuildError(WeightsError):
+    """A model's tensors do not form a network that can be read as a neural graph."""

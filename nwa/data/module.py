@@ -24,6 +24,7 @@ from nwa.data.reading import (
     make_input,
     read_layers,
     read_layers_into,
+    resolve_graphs,
     resolve_spec,
 )
 from nwa.errors import ConfigError, NonFiniteWeightsError, ZooError
@@ -61,7 +62,7 @@ class WeightDataset(Dataset):
     def tensors(self, i: int) -> dict[str, torch.Tensor]:
         if i in self._cache:
             return self._cache[i]
-        t = read_layers(self.dm.zoo, self._records[i], self.dm.spec.names)
+        t = read_layers(self.dm.zoo, self._records[i], self.dm.tensor_names(self._records[i]))
         if self.dm.cache:
             self._cache[i] = t
         return t
@@ -70,9 +71,12 @@ class WeightDataset(Dataset):
         if i in self._inputs:
             return {"x": self._inputs[i], "y": self.targets[i], "index": i}
         tensors = self.dm.normalizer(self.tensors(i))
+        record = self._records[i]
         if self.augment:
-            tensors = self.dm.permute(tensors)
-        x = make_input(self.dm.input, tensors, self.dm.spec, self.dm.layer_names)
+            tensors = self.dm.permute(tensors, record)
+        plan = self.dm.graphs.plan(record) if self.dm.graphs is not None else None
+        where = str(self.dm.zoo.path_of(record))
+        x = make_input(self.dm.input, tensors, self.dm.spec, self.dm.layer_names, plan, where)
         if self.dm.cache and not self.augment and self.dm.input == "stats":
             # StatNN features sort every tensor: compute them once, not every epoch.
             self._inputs[i] = x
@@ -159,6 +163,9 @@ class ModelZooDataModule(L.LightningDataModule):
         normalize: Standardize each layer by its mean and std over training models.
         permute_augment: Permute hidden neurons of training models (``chain`` and ``graph``).
         drop_nonfinite: Drop models with NaN/Inf weights (with a warning) instead of failing.
+        graph_max_edges: Refuse models whose neural graph (``graph`` input) has more edges
+            (``None``: ``nwa.weights.graph_archs.MAX_EDGES``, 4 M); select a layer range of
+            larger models.
         batch_size: Global batch size; each of ``world_size`` ranks gets an equal share.
         num_workers: DataLoader worker processes.
         cache: Keep read tensors in memory (only the selected layers).
@@ -182,6 +189,7 @@ class ModelZooDataModule(L.LightningDataModule):
         normalize: bool = True,
         permute_augment: bool = False,
         drop_nonfinite: bool = False,
+        graph_max_edges: int | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         cache: bool = True,
@@ -210,7 +218,16 @@ class ModelZooDataModule(L.LightningDataModule):
             "test": list(test_splits),
         }
         self._check_labels()
-        self.spec, self.extra_names = resolve_spec(self.zoo, self.rows, layers, input)
+        # graph input: a plan per model, so one batch may mix architectures and sizes
+        self.graphs = (
+            resolve_graphs(self.zoo, self.rows, layers, graph_max_edges)
+            if input == "graph"
+            else None
+        )
+        if self.graphs is not None:
+            self.spec, self.extra_names = self.graphs.union_spec(), []
+        else:
+            self.spec, self.extra_names = resolve_spec(self.zoo, self.rows, layers, input)
         self.layer_names = [n for n in self.spec.names if n not in self.extra_names]
         self.layout = (
             BatchLayout(input, self.spec, self.layer_names) if input in BATCHED_INPUTS else None
@@ -242,6 +259,8 @@ class ModelZooDataModule(L.LightningDataModule):
     @property
     def chain_shapes(self) -> list[tuple[int, int, int]]:
         """(out, in, kernel) of each layer of the ``chain`` input."""
+        if self.graphs is not None:
+            return []
         out = []
         for n in self.layer_names:
             shape = self.spec[n].shape
@@ -253,7 +272,11 @@ class ModelZooDataModule(L.LightningDataModule):
     def shapes(self) -> WeightShapes:
         """Every input shape, for the ``model.shapes`` link."""
         return WeightShapes(
-            self.layer_shapes, self.flat_dim, self.stats_dim, tuple(self.chain_shapes)
+            self.layer_shapes,
+            self.flat_dim,
+            self.stats_dim,
+            tuple(self.chain_shapes),
+            self.graphs.shapes if self.graphs is not None else None,
         )
 
     @property
@@ -345,7 +368,7 @@ class ModelZooDataModule(L.LightningDataModule):
         keep = []
         for _, row in rows.iterrows():
             try:
-                read_layers(self.zoo, row, self.spec.names, check=True)
+                read_layers(self.zoo, row, self.tensor_names(row), check=True)
                 keep.append(True)
             except NonFiniteWeightsError as e:
                 import warnings
@@ -372,11 +395,23 @@ class ModelZooDataModule(L.LightningDataModule):
             )
         return self._datasets[stage]
 
-    def permute(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Randomly permute hidden neurons of the selected chain (a function-preserving symmetry)."""
-        from nwa.weights.symmetry import random_permute_state_dict
+    def tensor_names(self, row: Any) -> list[str]:
+        """The tensors read from one model (its graph's, for the ``graph`` input)."""
+        return self.graphs.plan(row).names if self.graphs is not None else self.spec.names
+
+    def permute(self, tensors: dict[str, torch.Tensor], row: Any = None) -> dict[str, torch.Tensor]:
+        """Randomly permute hidden neurons of the selected chain, or of the whole network for
+        the ``graph`` input (a function-preserving symmetry)."""
+        from nwa.weights.symmetry import (
+            permute_network,
+            random_network_permutation,
+            random_permute_state_dict,
+        )
 
         gen = torch.Generator().manual_seed(self._rng.getrandbits(31))
+        if self.graphs is not None:
+            plan = self.graphs.plan(row)
+            return permute_network(tensors, plan, random_network_permutation(plan, gen))
         return random_permute_state_dict(tensors, self.layer_names, generator=gen)
 
     def per_rank_batch_size(self) -> int:
