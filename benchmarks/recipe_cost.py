@@ -9,7 +9,9 @@ training loop's seconds per epoch (epochs after the first, which also reads and 
 no start-up, validation or checkpointing, as ``nwa.suite.execute.EpochTimer`` counts them),
 that time per 1,000 training models, the process's peak RSS so far, and the test metrics. With
 ``--repeat N`` the recipes run N times in turn (alternating, since the machine may be shared) and
-each figure is the median over the repeats. ``--json FILE`` also writes every run's figures.
+each figure is the median over the repeats. ``--json FILE`` also writes every run's figures;
+``--threads N`` sets torch's CPU threads (on a machine shared with other work, one thread per
+process avoids waiting at every operation's thread barrier).
 """
 
 from __future__ import annotations
@@ -86,7 +88,12 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="runs of every recipe, alternating")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE override, all recipes")
     p.add_argument("--json", type=Path, help="write every run's figures here")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     a = p.parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="nwa-cost-") as tmp:
         for r in range(a.repeat):

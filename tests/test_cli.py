@@ -155,17 +155,23 @@ def test_every_encoder_trains_through_the_cli(
 
 
 @pytest.mark.parametrize(
-    ("encoder", "init"),
-    [("nwa.metanets.NWPA", {"hidden": 8, "layers": 1}), ("nwa.metanets.WeightNet", {"d_model": 8})],
+    ("encoder", "init", "target"),
+    [
+        ("nwa.metanets.NWPA", {"hidden": 8, "layers": 1}, "labels"),
+        ("nwa.metanets.WeightNet", {"d_model": 8}, "properties"),
+    ],
 )
-def test_graph_encoders_train_on_a_mixed_zoo(tmp_path, monkeypatch, encoder, init):
-    """MLPs, CNNs, ResNets and ViTs in one zoo, batched together."""
+def test_graph_encoders_train_on_a_mixed_zoo(tmp_path, monkeypatch, encoder, init, target):
+    """MLPs, CNNs, ResNets and ViTs in one zoo, batched together; with ``target: labels`` one
+    head per label (the family as classes, the accuracy as a value)."""
     monkeypatch.chdir(tmp_path)
     zoo = write_mixed_zoo(tmp_path / "zoo")
-    data = {"input": "graph", "layers": "*", "target": "properties", "properties": ["test_acc"]}
+    props = ["family", "test_acc"] if target == "labels" else ["test_acc"]
+    data = {"input": "graph", "layers": "*", "target": target, "properties": props}
     cfg = write_config(tmp_path / "c.yaml", zoo.root, encoder, init, **data)
     _, results = fit(["--config", str(cfg), "--trainer.max_epochs", "1", *csv(tmp_path)])
-    assert "test/r2" in results[0]
+    want = ["test/family_acc", "test/test_acc_r2"] if target == "labels" else ["test/r2"]
+    assert all(k in results[0] for k in want), sorted(results[0])
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from nwa.data.labels import encode_labels, label_targets
 from nwa.data.reading import (
     BATCHED_INPUTS,
     INPUTS,
@@ -32,7 +33,7 @@ from nwa.tasks import Targets
 from nwa.weights.spec import WeightShapes
 from nwa.zoo.manifest import Zoo
 
-TARGETS = ("classes", "concept", "tree", "arch", "properties")
+TARGETS = ("classes", "concept", "tree", "arch", "properties", "labels")
 _NORM_MODELS = 256
 
 
@@ -153,8 +154,11 @@ class ModelZooDataModule(L.LightningDataModule):
             (one vector), ``stats`` (StatNN features), ``graph`` (neural graph), ``chain``
             (per-layer weights and biases, for neuron tokens).
         target: ``classes`` (multi-label training classes), ``concept``, ``tree`` or ``arch``
-            (multi-class), or ``properties`` (regression).
-        properties: Regression targets for ``target: properties``.
+            (multi-class), ``properties`` (regression), or ``labels`` (several labels at once,
+            one head each: each of ``properties`` is a class label or a value, as the zoo's
+            label schema declares or its values show).
+        properties: Regression targets for ``target: properties``; the labels of
+            ``target: labels``.
         trees: Keep only models whose tree matches one of these globs.
         arch: Keep only models whose architecture matches this glob.
         train_splits: Manifest splits used for training.
@@ -179,7 +183,7 @@ class ModelZooDataModule(L.LightningDataModule):
         adapter: str | None = None,
         layers: str | int | list[str | int] = "*weight",
         input: Literal["matrix", "flat", "stats", "graph", "chain"] = "matrix",
-        target: Literal["classes", "concept", "tree", "arch", "properties"] = "classes",
+        target: Literal["classes", "concept", "tree", "arch", "properties", "labels"] = "classes",
         properties: Sequence[str] = ("test_acc", "gen_gap", "robustness"),
         trees: Sequence[str] | None = None,
         arch: str | None = None,
@@ -282,6 +286,8 @@ class ModelZooDataModule(L.LightningDataModule):
     @property
     def targets(self) -> Targets:
         """What to predict, for the ``model.targets`` link."""
+        if self.target == "labels":
+            return label_targets(self.zoo, self.rows, self.properties)
         return Targets(self.task_type, tuple(self.class_names))
 
     def train_targets(self) -> torch.Tensor:
@@ -290,11 +296,14 @@ class ModelZooDataModule(L.LightningDataModule):
     @property
     def num_outputs(self) -> int:
         """Classes (or properties, for regression) the head predicts."""
-        return len(self.properties) if self.target == "properties" else len(self.class_names)
+        if self.target in ("properties", "labels"):
+            return len(self.properties)
+        return len(self.class_names)
 
     @property
     def task_type(self) -> str:
-        return {"classes": "multilabel", "properties": "regression"}.get(self.target, "multiclass")
+        kinds = {"classes": "multilabel", "properties": "regression", "labels": "multitask"}
+        return kinds.get(self.target, "multiclass")
 
     # ----- rows, labels -----
     def _filter(
@@ -324,9 +333,9 @@ class ModelZooDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"{root}: target 'concept' needs concepts, but the selected models have none"
             )
-        if self.target == "properties":
+        if self.target in ("properties", "labels"):
             if not self.properties:
-                raise ConfigError("target 'properties' needs at least one property")
+                raise ConfigError(f"target {self.target!r} needs at least one property")
             for p in self.properties:
                 try:
                     values = self.zoo.label(p)
@@ -342,7 +351,7 @@ class ModelZooDataModule(L.LightningDataModule):
         if self.target == "classes":
             used = sorted({c for cs in self.rows["classes"] for c in cs})
             return [self.zoo.meta.classes[c] for c in used]
-        if self.target == "properties":
+        if self.target in ("properties", "labels"):
             return list(self.properties)
         column = {"concept": "concept", "tree": "tree", "arch": "arch"}[self.target]
         return sorted(set(self.rows[column]) - {""})
@@ -356,6 +365,8 @@ class ModelZooDataModule(L.LightningDataModule):
                 for c in cs:
                     y[r, index[c]] = 1.0
             return y
+        if self.target == "labels":
+            return encode_labels(self.zoo, rows, self.targets)
         if self.target == "properties":
             cols = [self.zoo.label(p).set_axis(self.zoo.table["id"]) for p in self.properties]
             return torch.tensor(

@@ -13,13 +13,14 @@ weight: for a target :math:`i` and neighbour :math:`j` over edge :math:`e_{ij}` 
     s_{ij}^h = \frac{(Q_\delta u_i)_h \cdot (K_\delta u_j)_h}{\sqrt{C}} + (B_\delta \phi_{ij})_h,
     \qquad \alpha_{ij}^h = \mathrm{softmax}_{j \in \mathcal{N}(i)}\, s_{ij}^h
 
-    m_i^h = \sum_j \alpha_{ij}^h \sum_{c=1}^{M} (G_\delta \phi_{ij})_{h,c}\, (V_{\delta,c} u_j)_h,
+    m_i^h = \sum_j \alpha_{ij}^h \sum_{c=1}^{M} (G_\delta \phi_{ij})_{h,c}\, (V_c u_j)_h,
     \qquad h_i \leftarrow h_i + O m_i, \quad h_i \leftarrow h_i + \mathrm{FFN}(\mathrm{LN}(h_i))
 
 so the message is :math:`\mathrm{MESSAGE}(h_i, h_j, e_{ij})`: the attention depends on both
 neurons and the weight, and the weight gates the value the neighbour sends (as a network's
-forward pass multiplies an activation by a weight). The softmax runs over all of a node's
-incoming edges, of every block and both directions.
+forward pass multiplies an activation by a weight). Queries, keys and gates are per direction,
+the M value maps shared. The softmax runs over all of a node's incoming edges, of every block
+and both directions.
 
 Two computations of the same function: :meth:`WeightAttention.forward_edges` is a
 ``torch_geometric`` ``MessagePassing`` over the edge list (any graph; per-edge ``[E, hidden]``
