@@ -52,7 +52,8 @@ class EdgeView:
 
     Attributes:
         num_nodes: Nodes in the batch.
-        dense: ``(block stack, phi [G, R, S, P])`` pairs.
+        dense: ``(block stack, phi [G, P, R, S])`` pairs (features first: every per-edge
+            tensor of :meth:`WeightAttention.forward_blocks` is then made without a copy).
         sparse_index: [2, Es] source and target of each sparse edge.
         sparse_phi: [Es, P] their features.
     """
@@ -87,7 +88,7 @@ class EdgeView:
         if self._edges is None:
             index, phi = [self.sparse_index], [self.sparse_phi]
             for g, p in self.dense:
-                count, rows, cols = p.shape[:3]
+                count, _, rows, cols = p.shape
                 index.append(
                     torch.stack(
                         [
@@ -96,7 +97,7 @@ class EdgeView:
                         ]
                     )
                 )
-                phi.append(p.reshape(-1, p.shape[-1]))
+                phi.append(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]))
             ei, ph = torch.cat(index, 1), torch.cat(phi)
             e = ei.shape[1]
             direction = torch.cat([ei.new_zeros(e), ei.new_ones(e)])
@@ -163,7 +164,7 @@ class WeightAttention(MessagePassing):
         """Per direction the logit term [..., H] and the gates [..., H, M] (split, not sliced:
         the backward of a slice would zero-fill a tensor of the whole projection per use)."""
         h, m = self.heads, self.m
-        l0, g0, l1, g1 = self.edge(phi).split([h, h * m, h, h * m], -1)
+        l0, l1, g0, g1 = self.edge(phi).split([h, h, h * m, h * m], -1)
         return [l0, g0.unflatten(-1, (h, m)), l1, g1.unflatten(-1, (h, m))]
 
     # ----- the edge list (torch_geometric) -----
@@ -205,77 +206,93 @@ class WeightAttention(MessagePassing):
     # ----- dense blocks as batched matrix products -----
 
     def forward_blocks(self, h: torch.Tensor, view: EdgeView) -> torch.Tensor:
-        """The attention output [N, hidden], dense blocks computed block-stack by block-stack."""
+        """The attention output [N, hidden], dense blocks computed block-stack by block-stack.
+
+        Per stack both directions share one layout, ``[G, ., R, S]`` (target rows, source
+        columns of the forward direction): logits of both in one batched product, the backward
+        direction's softmax over rows and its messages through the transposed blocks, so no
+        per-edge tensor is ever permuted or copied.
+        """
         n, heads, ch, m = h.shape[0], self.heads, self.channels, self.m
+        d = heads * ch
         scale = 1.0 / math.sqrt(ch)
         q0, k0, q1, k1, v = self._roles(h)
         src, dst, src_sizes, dst_sizes = view.dense_index()
-        at_src = [t[src].split(src_sizes) for t in (k0, q1, v)]
-        at_dst = [t[dst].split(dst_sizes) for t in (q0, k1, v)]
-        stacks = []  # per direction: (logits [G, H, T, U], gates [G, T, U, H, M], values, targets)
+        at_dst = torch.cat([q0, k1, v], 1)[dst].split(dst_sizes)  # queries of targets ...
+        at_src = torch.cat([k0, q1, v], 1)[src].split(src_sizes)  # ... and keys of sources
+        stacks = []
         for i, (g, phi) in enumerate(view.dense):
-            count, rows, cols = phi.shape[:3]
-            (ks, qs, vs), (qd, kd, vd) = ([t[i] for t in at] for at in (at_src, at_dst))
-            l0, g0, l1, g1 = self._edge_terms(phi)  # [G, R, S, H] and [G, R, S, H, M]
-            fwd = torch.einsum(
-                "grhc,gshc->ghrs", qd.view(count, rows, heads, ch), ks.view(count, cols, heads, ch)
+            count, _, rows, cols = phi.shape
+            t = self.edge.weight @ phi.flatten(2) + self.edge.bias[:, None]  # [G, Q, R*S]
+            t = t.view(count, -1, rows, cols)
+            a = at_dst[i].view(count, rows, 2 + m, heads, ch)
+            b = at_src[i].view(count, cols, 2 + m, heads, ch)
+            qd = a[:, :, :2].permute(0, 2, 3, 1, 4).reshape(count, 2 * heads, rows, ch)
+            ks = b[:, :, :2].permute(0, 2, 3, 1, 4).reshape(count, 2 * heads, cols, ch)
+            logits = torch.matmul(qd, ks.transpose(-1, -2)) * scale + t[:, : 2 * heads]
+            gates = t[:, 2 * heads :].view(count, 2, heads, m, rows, cols)
+            values = (
+                b[:, :, 2:].permute(0, 3, 2, 1, 4),  # sources' values [G, H, M, S, C]
+                a[:, :, 2:].permute(0, 3, 2, 1, 4),  # targets' values, for the way back
             )
-            bwd = torch.einsum(
-                "gshc,grhc->ghsr", qs.view(count, cols, heads, ch), kd.view(count, rows, heads, ch)
-            )
-            stacks.append(
-                (
-                    fwd * scale + l0.permute(0, 3, 1, 2),
-                    g0,
-                    vs.view(count, cols, m, heads, ch),
-                    g.dst,
-                )
-            )
-            bwd = bwd * scale + l1.permute(0, 3, 2, 1)
-            stacks.append((bwd, g1.transpose(1, 2), vd.view(count, rows, m, heads, ch), g.src))
+            stacks.append((g, logits, gates, values))
         a, b = view.sparse_index  # (source, target) of the forward direction
-        sl0, sg0, sl1, sg1 = self._edge_terms(view.sparse_phi)
-        sparse = [  # (logits [Es, H], gates [Es, H, M], source values, targets)
-            ((q0[b] * k0[a]).view(-1, heads, ch).sum(-1) * scale + sl0, sg0, v[a], b),
-            ((q1[a] * k1[b]).view(-1, heads, ch).sum(-1) * scale + sl1, sg1, v[b], a),
-        ]
+        sparse = self._sparse_logits(view, (q0, k0, q1, k1), a, b, scale)
         with torch.no_grad():  # any constant per target gives the same softmax
             peak = h.new_full((n, heads), -torch.inf)
-            for s, _, _, targets in stacks:
-                top = s.amax(-1).transpose(1, 2).reshape(-1, heads)
-                peak.index_reduce_(0, targets.reshape(-1), top, "amax")
-            for s, _, _, targets in sparse:
-                peak.index_reduce_(0, targets, s, "amax")
+            for g, logits, _, _ in stacks:
+                fwd, bwd = logits[:, :heads].amax(-1), logits[:, heads:].amax(-2)  # [G, H, .]
+                peak.index_reduce_(
+                    0, g.dst.reshape(-1), fwd.transpose(1, 2).reshape(-1, heads), "amax"
+                )
+                peak.index_reduce_(
+                    0, g.src.reshape(-1), bwd.transpose(1, 2).reshape(-1, heads), "amax"
+                )
+            for s, _, target in sparse:
+                peak.index_reduce_(0, target, s, "amax")
         index, nums, dens = [], [], []
-        for s, gates, values, targets in stacks:
-            num, den = self._messages(s, gates, values, peak[targets].permute(0, 2, 1))
-            index.append(targets.reshape(-1))
-            nums.append(num)
-            dens.append(den)
-        for s, gates, values, targets in sparse:
-            e = torch.exp(s - peak[targets])
-            gated = (gates.unsqueeze(-1) * values.view(-1, m, heads, ch).transpose(1, 2)).sum(2)
-            index.append(targets)
-            nums.append(e.unsqueeze(-1) * gated)
+        for g, logits, gates, (vs, vd) in stacks:
+            count, _, rows, cols = logits.shape
+            # towards the layer's outputs: softmax over each row (its sources)
+            e = torch.exp(logits[:, :heads] - peak[g.dst].permute(0, 2, 1).unsqueeze(-1))
+            out = (e.unsqueeze(2) * gates[:, 0]) @ vs  # [G, H, M, R, C]
+            nums.append(out.sum(2).transpose(1, 2).reshape(-1, heads, ch))
+            dens.append(e.sum(-1).transpose(1, 2).reshape(-1, heads))
+            index.append(g.dst.reshape(-1))
+            # back towards its inputs: softmax over each column (its targets)
+            e = torch.exp(logits[:, heads:] - peak[g.src].permute(0, 2, 1).unsqueeze(-2))
+            out = (e.unsqueeze(2) * gates[:, 1]).transpose(-1, -2) @ vd  # [G, H, M, S, C]
+            nums.append(out.sum(2).transpose(1, 2).reshape(-1, heads, ch))
+            dens.append(e.sum(-2).transpose(1, 2).reshape(-1, heads))
+            index.append(g.src.reshape(-1))
+        sl0, sg0, sl1, sg1 = self._edge_terms(view.sparse_phi)
+        for (s, source, target), gates in zip(sparse, (sg0, sg1)):
+            e = torch.exp(s - peak[target])
+            vals = v[source].view(-1, m, heads, ch).transpose(1, 2)  # [Es, H, M, C]
+            nums.append(e.unsqueeze(-1) * (gates.unsqueeze(-1) * vals).sum(2))
             dens.append(e)
+            index.append(target)
         index = torch.cat(index)
         num = h.new_zeros(n, heads, ch).index_add(0, index, torch.cat(nums))
         den = h.new_zeros(n, heads).index_add(0, index, torch.cat(dens))
-        return (num / (den.unsqueeze(-1) + 1e-16)).reshape(n, -1)
+        return (num / (den.unsqueeze(-1) + 1e-16)).reshape(n, d)
 
-    def _messages(
-        self, logits: torch.Tensor, gates: torch.Tensor, values: torch.Tensor, peak: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One block stack's unnormalised messages [G * T, H, C] and softmax terms [G * T, H]:
-        ``logits`` [G, H, T, U], ``gates`` [G, T, U, H, M], source ``values`` [G, U, M, H, C],
-        ``peak`` [G, H, T]."""
-        count, heads, nt, _ = logits.shape
-        e = torch.exp(logits - peak.unsqueeze(-1))
-        a = e.unsqueeze(3) * gates.permute(0, 3, 1, 4, 2)  # [G, H, T, M, U]
-        v = values.permute(0, 3, 2, 1, 4).reshape(count, heads, -1, self.channels)  # [G, H, M*U, C]
-        out = a.reshape(count, heads, nt, -1) @ v
-        den = e.sum(-1).transpose(1, 2).reshape(-1, heads)
-        return out.transpose(1, 2).reshape(-1, heads, self.channels), den
+    def _sparse_logits(
+        self,
+        view: EdgeView,
+        roles: tuple[torch.Tensor, ...],
+        a: torch.Tensor,
+        b: torch.Tensor,
+        scale: float,
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Logits [Es, H], source and target of the sparse edges, per direction."""
+        q0, k0, q1, k1 = roles
+        l0, _, l1, _ = self._edge_terms(view.sparse_phi)
+        shape = (-1, self.heads, self.channels)
+        return [
+            ((q0[b] * k0[a]).view(shape).sum(-1) * scale + l0, a, b),
+            ((q1[a] * k1[b]).view(shape).sum(-1) * scale + l1, b, a),
+        ]
 
 
 CONVS = ("transformer", "gatv2", "gine")
@@ -356,3 +373,17 @@ class EdgeEncoder(nn.Module):
         pre = nn.functional.linear(values, self.inp.weight[:, :k], self.inp.bias)
         kind = torch.as_tensor(kind, device=values.device)
         return self.out(pre + self.kind(kind))
+
+    def blocks(self, w: torch.Tensor, kind: int) -> torch.Tensor:
+        """A stack of weight blocks ``w`` [G, R, S, k] -> features first, [G, out_dim, R, S]."""
+        count, rows, cols, k = w.shape
+        if k > self.k_max:
+            raise ValueError(
+                f"edges of {k} values; this encoder was built for at most {self.k_max}"
+            )
+        bias = self.inp.bias + self.kind(torch.as_tensor(kind, device=w.device))
+        pre = self.inp.weight[:, :k] @ w.view(count, rows * cols, k).transpose(1, 2)
+        act = nn.functional.gelu(pre + bias[:, None])
+        lin = self.out[1]
+        out = lin.weight @ act + lin.bias[:, None]
+        return out.view(count, -1, rows, cols)

@@ -130,7 +130,7 @@ class NWPA(nn.Module):
 
     def view(self, graph: Data) -> EdgeView:
         """The batch's blocks with their edge features (computed once for every layer)."""
-        dense = [(g, self.edges(g.w, g.kind)) for g in dense_groups(graph)]
+        dense = [(g, self.edges.blocks(g.w, g.kind)) for g in dense_groups(graph)]
         return EdgeView(
             graph.num_nodes,
             dense,
