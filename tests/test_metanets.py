@@ -20,7 +20,7 @@ from nwa.metanets import (
     WeightNet,
     count_parameters,
 )
-from nwa.weights.graph import chain_from_tensors, chain_shapes, chain_to_graph
+from nwa.weights.chain import chain_from_tensors, chain_shapes, chain_to_graph
 from nwa.weights.symmetry import permute_chain, random_hidden_permutations
 from tests.chains import conv_chain, conv_forward, mlp_chain, mlp_forward
 

@@ -10,6 +10,12 @@ import torch
 from torch_geometric.data import Batch
 
 from nwa.errors import ShapeMismatchError
+from nwa.weights.chain import (
+    chain_batch_to_graph,
+    chain_from_tensors,
+    chain_shapes,
+    chain_to_graph,
+)
 from nwa.weights.graph import (
     F_BIAS,
     F_POS,
@@ -17,10 +23,6 @@ from nwa.weights.graph import (
     NODE_HIDDEN,
     NODE_INPUT,
     NODE_OUTPUT,
-    chain_batch_to_graph,
-    chain_from_tensors,
-    chain_shapes,
-    chain_to_graph,
     edge_list,
 )
 from nwa.weights.stats import (

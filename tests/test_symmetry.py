@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from nwa.errors import ShapeMismatchError
-from nwa.weights.graph import chain_from_tensors
+from nwa.weights.chain import chain_from_tensors
 from nwa.weights.graph_archs import plan_graph
 from nwa.weights.symmetry import (
     permute_chain,

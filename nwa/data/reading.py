@@ -225,7 +225,7 @@ def make_input(
         from nwa.weights.stats import statnn_features
 
         return statnn_features([tensors[n] for n in spec.names])
-    from nwa.weights.graph import chain_from_tensors, chain_to_graph
+    from nwa.weights.chain import chain_from_tensors, chain_to_graph
 
     biases = [tensors.get(b) if (b := bias_name(n)) else None for n in weights]
     ws, bs = chain_from_tensors([tensors[n] for n in weights], biases, names=list(weights))

@@ -213,13 +213,44 @@ class WeightAttention(MessagePassing):
         direction's softmax over rows and its messages through the transposed blocks, so no
         per-edge tensor is ever permuted or copied.
         """
-        n, heads, ch, m = h.shape[0], self.heads, self.channels, self.m
-        d = heads * ch
-        scale = 1.0 / math.sqrt(ch)
+        n, heads = h.shape[0], self.heads
         q0, k0, q1, k1, v = self._roles(h)
+        stacks = self._stack_logits(view, torch.cat([q0, k1, v], 1), torch.cat([k0, q1, v], 1))
+        a, b = view.sparse_index  # (source, target) of the forward direction
+        sparse = self._sparse_logits(view, (q0, k0, q1, k1), a, b)
+        with torch.no_grad():  # any constant per target gives the same softmax
+            peak = h.new_full((n, heads), -torch.inf)
+            for g, logits, _, _ in stacks:
+                fwd, bwd = logits[:, :heads].amax(-1), logits[:, heads:].amax(-2)  # [G, H, .]
+                for top, nodes in ((fwd, g.dst), (bwd, g.src)):
+                    peak.index_reduce_(
+                        0, nodes.reshape(-1), top.transpose(1, 2).flatten(0, 1), "amax"
+                    )
+            for s, _, target in sparse:
+                peak.index_reduce_(0, target, s, "amax")
+        index, nums, dens = self._stack_messages(stacks, peak)
+        _, sg0, _, sg1 = self._edge_terms(view.sparse_phi)
+        for (s, source, target), gates in zip(sparse, (sg0, sg1)):
+            e = torch.exp(s - peak[target])
+            vals = v[source].view(-1, self.m, heads, self.channels).transpose(1, 2)  # [Es, H, M, C]
+            nums.append(e.unsqueeze(-1) * (gates.unsqueeze(-1) * vals).sum(2))
+            dens.append(e)
+            index.append(target)
+        index = torch.cat(index)
+        num = h.new_zeros(n, heads, self.channels).index_add(0, index, torch.cat(nums))
+        den = h.new_zeros(n, heads).index_add(0, index, torch.cat(dens))
+        return (num / (den.unsqueeze(-1) + 1e-16)).reshape(n, -1)
+
+    def _stack_logits(self, view: EdgeView, at_dst: torch.Tensor, at_src: torch.Tensor) -> list:
+        """Per block stack: ``(stack, logits [G, 2H, R, S] (forward heads, then backward),
+        gates [G, 2, H, M, R, S], (source values, target values) [G, H, M, ., C])``.
+
+        ``at_dst`` holds each node's forward query, backward key and values, ``at_src`` its
+        forward key, backward query and values: one gather of each serves every stack.
+        """
+        heads, ch, m = self.heads, self.channels, self.m
         src, dst, src_sizes, dst_sizes = view.dense_index()
-        at_dst = torch.cat([q0, k1, v], 1)[dst].split(dst_sizes)  # queries of targets ...
-        at_src = torch.cat([k0, q1, v], 1)[src].split(src_sizes)  # ... and keys of sources
+        at_dst, at_src = at_dst[dst].split(dst_sizes), at_src[src].split(src_sizes)
         stacks = []
         for i, (g, phi) in enumerate(view.dense):
             count, _, rows, cols = phi.shape
@@ -229,30 +260,18 @@ class WeightAttention(MessagePassing):
             b = at_src[i].view(count, cols, 2 + m, heads, ch)
             qd = a[:, :, :2].permute(0, 2, 3, 1, 4).reshape(count, 2 * heads, rows, ch)
             ks = b[:, :, :2].permute(0, 2, 3, 1, 4).reshape(count, 2 * heads, cols, ch)
-            logits = torch.matmul(qd, ks.transpose(-1, -2)) * scale + t[:, : 2 * heads]
+            logits = torch.matmul(qd, ks.transpose(-1, -2)) / math.sqrt(ch) + t[:, : 2 * heads]
             gates = t[:, 2 * heads :].view(count, 2, heads, m, rows, cols)
-            values = (
-                b[:, :, 2:].permute(0, 3, 2, 1, 4),  # sources' values [G, H, M, S, C]
-                a[:, :, 2:].permute(0, 3, 2, 1, 4),  # targets' values, for the way back
-            )
+            values = (b[:, :, 2:].permute(0, 3, 2, 1, 4), a[:, :, 2:].permute(0, 3, 2, 1, 4))
             stacks.append((g, logits, gates, values))
-        a, b = view.sparse_index  # (source, target) of the forward direction
-        sparse = self._sparse_logits(view, (q0, k0, q1, k1), a, b, scale)
-        with torch.no_grad():  # any constant per target gives the same softmax
-            peak = h.new_full((n, heads), -torch.inf)
-            for g, logits, _, _ in stacks:
-                fwd, bwd = logits[:, :heads].amax(-1), logits[:, heads:].amax(-2)  # [G, H, .]
-                peak.index_reduce_(
-                    0, g.dst.reshape(-1), fwd.transpose(1, 2).reshape(-1, heads), "amax"
-                )
-                peak.index_reduce_(
-                    0, g.src.reshape(-1), bwd.transpose(1, 2).reshape(-1, heads), "amax"
-                )
-            for s, _, target in sparse:
-                peak.index_reduce_(0, target, s, "amax")
+        return stacks
+
+    def _stack_messages(self, stacks: list, peak: torch.Tensor) -> tuple[list, list, list]:
+        """Targets, unnormalised messages [., H, C] and softmax terms [., H] of every stack in
+        both directions."""
+        heads, ch = self.heads, self.channels
         index, nums, dens = [], [], []
         for g, logits, gates, (vs, vd) in stacks:
-            count, _, rows, cols = logits.shape
             # towards the layer's outputs: softmax over each row (its sources)
             e = torch.exp(logits[:, :heads] - peak[g.dst].permute(0, 2, 1).unsqueeze(-1))
             out = (e.unsqueeze(2) * gates[:, 0]) @ vs  # [G, H, M, R, C]
@@ -265,17 +284,7 @@ class WeightAttention(MessagePassing):
             nums.append(out.sum(2).transpose(1, 2).reshape(-1, heads, ch))
             dens.append(e.sum(-2).transpose(1, 2).reshape(-1, heads))
             index.append(g.src.reshape(-1))
-        sl0, sg0, sl1, sg1 = self._edge_terms(view.sparse_phi)
-        for (s, source, target), gates in zip(sparse, (sg0, sg1)):
-            e = torch.exp(s - peak[target])
-            vals = v[source].view(-1, m, heads, ch).transpose(1, 2)  # [Es, H, M, C]
-            nums.append(e.unsqueeze(-1) * (gates.unsqueeze(-1) * vals).sum(2))
-            dens.append(e)
-            index.append(target)
-        index = torch.cat(index)
-        num = h.new_zeros(n, heads, ch).index_add(0, index, torch.cat(nums))
-        den = h.new_zeros(n, heads).index_add(0, index, torch.cat(dens))
-        return (num / (den.unsqueeze(-1) + 1e-16)).reshape(n, d)
+        return index, nums, dens
 
     def _sparse_logits(
         self,
@@ -283,9 +292,9 @@ class WeightAttention(MessagePassing):
         roles: tuple[torch.Tensor, ...],
         a: torch.Tensor,
         b: torch.Tensor,
-        scale: float,
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Logits [Es, H], source and target of the sparse edges, per direction."""
+        scale = 1.0 / math.sqrt(self.channels)
         q0, k0, q1, k1 = roles
         l0, _, l1, _ = self._edge_terms(view.sparse_phi)
         shape = (-1, self.heads, self.channels)

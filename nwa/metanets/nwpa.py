@@ -11,11 +11,11 @@ from torch_geometric.nn import global_add_pool, global_mean_pool
 from torch_geometric.nn.aggr import AttentionalAggregation
 
 from nwa.metanets.graph_layers import EdgeEncoder, EdgeView, WeightAttention
+from nwa.weights.chain import chain_batch_to_graph
 from nwa.weights.graph import (
     NODE_DIM,
     NODE_KINDS,
     NODE_OUTPUT,
-    chain_batch_to_graph,
     dense_groups,
 )
 from nwa.weights.spec import GraphShapes, WeightShapes

@@ -40,174 +40,37 @@ from collections.abc import Mapping, Sequence
 
 from nwa.errors import GraphBuildError
 from nwa.weights.graph import (
-    DENSE,
-    DIAG,
-    EDGE_CONV,
-    EDGE_FLATTEN,
     EDGE_HEAD,
-    EDGE_LINEAR,
     EDGE_QK,
     EDGE_RESIDUAL,
     F_BIAS,
     F_EXTRA,
     F_NORM_B,
-    F_NORM_MEAN,
-    F_NORM_VAR,
     F_NORM_W,
     MEMBER,
     NODE_HEAD,
     NODE_HIDDEN,
     NODE_INPUT,
-    NODE_OUTPUT,
     NODE_SUM,
-    Block,
     GraphPlan,
     Group,
     Ref,
 )
+from nwa.weights.graph_plan import (
+    MAX_EDGES,
+    SKIP,
+    PlanBuilder,
+    Shapes,
+    chain_modules,
+    input_group,
+    is_layer,
+    modules_of,
+    natural_key,
+    norm_features,
+    output_group,
+)
 
-MAX_EDGES = 4_000_000
-"""Default limit on a plan's edges (one direction): about 1.5 GB of NWPA training state at batch 1."""
-
-Shapes = Mapping[str, Sequence[int]]
-_NORM_SLOTS = {
-    "weight": F_NORM_W,
-    "bias": F_NORM_B,
-    "running_mean": F_NORM_MEAN,
-    "running_var": F_NORM_VAR,
-}
-_SKIP = ("num_batches_tracked",)
-
-
-class _Plan:
-    """Groups and blocks being assembled."""
-
-    def __init__(self, shapes: Shapes, where: str) -> None:
-        self.shapes = {n: tuple(int(v) for v in s) for n, s in shapes.items()}
-        self.where = where
-        self.groups: list[Group] = []
-        self.blocks: list[Block] = []
-
-    def fail(self, reason: str, tensor: str | None = None) -> GraphBuildError:
-        return GraphBuildError(self.where, reason, tensor=tensor)
-
-    def group(self, name: str, size: int, kind: int, positional: bool = False, **kw) -> int:
-        self.groups.append(Group(name, size, kind, positional, **kw))
-        return len(self.groups) - 1
-
-    def add_features(self, g: int, features: Sequence[tuple[int, Ref]]) -> None:
-        old = self.groups[g]
-        for _, ref in features:
-            n = _numel_vector(self.shapes[ref.name], ref)
-            if n != old.size:
-                raise self.fail(f"has {n} values per neuron for a group of {old.size}", ref.name)
-        self.groups[g] = Group(
-            old.name, old.size, old.kind, old.positional, old.features + tuple(features), old.chunk
-        )
-
-    def weight(self, src: int, name: str, start: int = 0, stop: int | None = None) -> int:
-        """A new group fed by weight ``name`` (rows ``start:stop``) from group ``src``."""
-        shape = self.shapes[name]
-        if len(shape) < 2:
-            raise self.fail(f"shape {list(shape)} is not a layer weight", name)
-        rows = (stop if stop is not None else shape[0]) - start
-        cols = self.groups[src].size
-        per = 1
-        for s in shape[1:]:
-            per *= s
-        if per % cols:
-            raise self.fail(f"reads {shape[1]} inputs but the layer before has {cols}", name)
-        k = per // cols
-        kind = EDGE_CONV if len(shape) > 2 else EDGE_LINEAR if shape[1] == cols else EDGE_FLATTEN
-        dst = self.group(name.rpartition(".")[0] or name, rows, NODE_HIDDEN)
-        self.blocks.append(Block(src, dst, kind, DENSE, Ref(name, start, stop), k))
-        return dst
-
-    def link(self, src: int, dst: int, kind: int, pattern: str = DIAG) -> None:
-        self.blocks.append(Block(src, dst, kind, pattern))
-
-    def finish(self, family: str, max_edges: int | None) -> GraphPlan:
-        names = {r.name for g in self.groups for _, r in g.features}
-        names |= {b.weight.name for b in self.blocks if b.weight is not None}
-        shapes = tuple((n, s) for n, s in self.shapes.items() if n in names)
-        plan = GraphPlan(family, tuple(self.groups), tuple(self.blocks), shapes)
-        limit = MAX_EDGES if max_edges is None else max_edges
-        if plan.num_edges > limit:
-            raise self.fail(
-                f"its graph has {plan.num_edges:,} edges, more than the limit of {limit:,}; "
-                "select a layer range (the last blocks and the head) or raise the limit"
-            )
-        return plan
-
-
-def _numel_vector(shape: Sequence[int], ref: Ref) -> int:
-    n = shape[-1] if ref.reduce else 1
-    if not ref.reduce:
-        for s in shape:
-            n *= s
-    stop = n if ref.stop is None else ref.stop
-    return stop - ref.start
-
-
-def natural_key(name: str) -> list[object]:
-    """Sort key reading digit runs as numbers (``layers.10`` after ``layers.2``)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def _modules(names: Sequence[str]) -> dict[str, dict[str, str]]:
-    """``prefix -> {leaf: full name}`` in order of first appearance."""
-    out: dict[str, dict[str, str]] = {}
-    for n in names:
-        prefix, _, leaf = n.rpartition(".")
-        if leaf not in _SKIP:
-            out.setdefault(prefix, {})[leaf] = n
-    return out
-
-
-def _norm_features(leaves: Mapping[str, str], p: _Plan) -> list[tuple[int, Ref]]:
-    bad = [n for leaf, n in leaves.items() if leaf not in _NORM_SLOTS]
-    if bad or any(len(p.shapes[n]) != 1 for n in leaves.values()):
-        name = (bad or list(leaves.values()))[0]
-        raise p.fail("not a layer weight, bias or normalization parameter", name)
-    return [(_NORM_SLOTS[leaf], Ref(n)) for leaf, n in leaves.items()]
-
-
-def _chain(p: _Plan, x: int, modules: Mapping[str, Mapping[str, str]]) -> int:
-    """Layers and norms in order, starting from group ``x``; returns the last group."""
-    for leaves in modules.values():
-        w = leaves.get("weight")
-        if w is not None and len(p.shapes[w]) >= 2:
-            extra = sorted(set(leaves) - {"weight", "bias"})
-            if extra:
-                raise p.fail("unexpected tensor beside a layer weight", leaves[extra[0]])
-            x = p.weight(x, w)
-            if "bias" in leaves:
-                p.add_features(x, [(F_BIAS, Ref(leaves["bias"]))])
-        elif p.groups[x].kind == NODE_INPUT:
-            raise p.fail("a normalization before any layer", next(iter(leaves.values())))
-        else:
-            p.add_features(x, _norm_features(leaves, p))
-    return x
-
-
-def _input_for(p: _Plan, first_weight: str, positional: bool) -> int:
-    shape = p.shapes[first_weight]
-    if len(shape) < 2:
-        raise p.fail("the first tensor is not a layer weight", first_weight)
-    return p.group("input", shape[1], NODE_INPUT, positional)
-
-
-def _output(p: _Plan, x: int, weight: str, bias: str | None) -> int:
-    out = p.weight(x, weight)
-    old = p.groups[out]
-    p.groups[out] = Group(old.name, old.size, NODE_OUTPUT, True, old.features)
-    if bias:
-        p.add_features(out, [(F_BIAS, Ref(bias))])
-    return out
-
-
-def _is_layer(p: _Plan, leaves: Mapping[str, str]) -> bool:
-    return len(p.shapes.get(leaves.get("weight", ""), ())) >= 2
+__all__ = ["MAX_EDGES", "model_family", "plan_graph", "resnet_plan", "sequential_plan", "vit_plan"]
 
 
 def sequential_plan(
@@ -233,23 +96,23 @@ def sequential_plan(
 def _sequential(
     shapes: Shapes, where: str, max_edges: int | None, order: Sequence[str]
 ) -> GraphPlan:
-    p = _Plan({n: shapes[n] for n in order}, where)
-    mods = list(_modules(list(p.shapes)).items())
-    layers = [i for i, (_, leaves) in enumerate(mods) if _is_layer(p, leaves)]
+    p = PlanBuilder({n: shapes[n] for n in order}, where)
+    mods = list(modules_of(list(p.shapes)).items())
+    layers = [i for i, (_, leaves) in enumerate(mods) if is_layer(p, leaves)]
     if not layers:
         raise p.fail("no layer weight (a tensor of 2 or more dims named *weight) was selected")
-    x = _input_for(p, mods[layers[0]][1]["weight"], positional=True)
+    x = input_group(p, mods[layers[0]][1]["weight"], positional=True)
     if layers[0] > 0:
         raise p.fail("a normalization before any layer", next(iter(mods[0][1].values())))
     last = layers[-1]
-    x = _chain(p, x, dict(mods[:last]))
+    x = chain_modules(p, x, dict(mods[:last]))
     leaves = mods[last][1]
     extra = sorted(set(leaves) - {"weight", "bias"})
     if extra:
         raise p.fail("unexpected tensor beside a layer weight", leaves[extra[0]])
-    out = _output(p, x, leaves["weight"], leaves.get("bias"))
+    out = output_group(p, x, leaves["weight"], leaves.get("bias"))
     for _, norm in mods[last + 1 :]:
-        p.add_features(out, _norm_features(norm, p))
+        p.add_features(out, norm_features(norm, p))
     return p.finish("sequential", max_edges)
 
 
@@ -259,7 +122,7 @@ _RESNET_BLOCK = re.compile(r"layer(\d+)\.(\d+)\.(.+)")
 _RESNET_PART = re.compile(r"(conv\d+|bn\d+|downsample\.\d+)\.[a-z_]+")
 
 
-def _resnet_units(p: _Plan) -> tuple[list[str], dict[tuple[int, int], list[str]], list[str]]:
+def _resnet_units(p: PlanBuilder) -> tuple[list[str], dict[tuple[int, int], list[str]], list[str]]:
     stem, blocks, head = [], {}, []
     for n in p.shapes:
         m = _RESNET_BLOCK.fullmatch(n)
@@ -274,7 +137,7 @@ def _resnet_units(p: _Plan) -> tuple[list[str], dict[tuple[int, int], list[str]]
             stem.append(n)
         elif n.startswith("fc."):
             head.append(n)
-        elif not n.endswith(_SKIP):
+        elif not n.endswith(SKIP):
             raise p.fail("not a ResNet stem, block or fc tensor", n)
     return stem, dict(sorted(blocks.items())), head
 
@@ -289,23 +152,23 @@ def _block_order(name: str) -> tuple[object, ...]:
 
 def resnet_plan(shapes: Shapes, where: str = "<model>", max_edges: int | None = None) -> GraphPlan:
     """A timm/torchvision ResNet (or a range of its blocks): see the module docstring."""
-    p = _Plan(shapes, where)
+    p = PlanBuilder(shapes, where)
     stem, blocks, head = _resnet_units(p)
     if stem:  # conv1 (or the deep stem's conv1.0, conv1.1 ...), then bn1
         stem.sort(key=lambda n: (n.startswith("bn1."), natural_key(n)))
-        x = _input_for(p, stem[0], positional=True)
-        x = _chain(p, x, _modules(stem))
+        x = input_group(p, stem[0], positional=True)
+        x = chain_modules(p, x, modules_of(stem))
     elif blocks:
         first = next(iter(blocks.values()))[0]
-        x = _input_for(p, first, positional=False)
+        x = input_group(p, first, positional=False)
     else:
         raise p.fail("no ResNet stem or block was selected")
     for (s, b), names in blocks.items():
-        mods = _modules(sorted(names, key=_block_order))
+        mods = modules_of(sorted(names, key=_block_order))
         main = {m: v for m, v in mods.items() if ".downsample" not in m}
         down = {m: v for m, v in mods.items() if ".downsample" in m}
-        y = _chain(p, x, main)
-        short = _chain(p, x, down) if down else x
+        y = chain_modules(p, x, main)
+        short = chain_modules(p, x, down) if down else x
         if p.groups[y].size != p.groups[short].size:
             raise p.fail(
                 f"block layer{s}.{b} adds {p.groups[y].size} channels to a shortcut of "
@@ -316,8 +179,8 @@ def resnet_plan(shapes: Shapes, where: str = "<model>", max_edges: int | None = 
         p.link(short, o, EDGE_RESIDUAL)
         x = o
     if head:
-        mods = _modules(head)
-        x = _output(p, x, mods["fc"]["weight"], mods["fc"].get("bias"))
+        mods = modules_of(head)
+        x = output_group(p, x, mods["fc"]["weight"], mods["fc"].get("bias"))
     return p.finish("resnet", max_edges)
 
 
@@ -340,7 +203,7 @@ _VIT_END = {
 }
 
 
-def _vit_blocks(p: _Plan) -> dict[int, dict[str, str]]:
+def _vit_blocks(p: PlanBuilder) -> dict[int, dict[str, str]]:
     blocks: dict[int, dict[str, str]] = {}
     for n in p.shapes:
         m = _VIT_BLOCK.fullmatch(n)
@@ -353,14 +216,14 @@ def _vit_blocks(p: _Plan) -> dict[int, dict[str, str]]:
     return dict(sorted(blocks.items()))
 
 
-def _layer_norm(p: _Plan, g: int, prefix: str) -> None:
+def _layer_norm(p: PlanBuilder, g: int, prefix: str) -> None:
     feats = [
         (slot, Ref(f"{prefix}.{leaf}")) for leaf, slot in (("weight", F_NORM_W), ("bias", F_NORM_B))
     ]
     p.add_features(g, [f for f in feats if f[1].name in p.shapes])
 
 
-def _vit_attention(p: _Plan, s: int, leaves: Mapping[str, str], heads: int | None) -> int:
+def _vit_attention(p: PlanBuilder, s: int, leaves: Mapping[str, str], heads: int | None) -> int:
     """Query/key/value groups from stream group ``s``; returns the value group."""
     qkv = leaves["attn.qkv.weight"]
     d = p.shapes[qkv][0] // 3
@@ -381,7 +244,7 @@ def _vit_attention(p: _Plan, s: int, leaves: Mapping[str, str], heads: int | Non
     return v
 
 
-def _vit_block(p: _Plan, s: int, i: int, leaves: Mapping[str, str], heads: int | None) -> int:
+def _vit_block(p: PlanBuilder, s: int, i: int, leaves: Mapping[str, str], heads: int | None) -> int:
     missing = sorted(
         {"attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight"} - set(leaves)
     )
@@ -398,7 +261,13 @@ def _vit_block(p: _Plan, s: int, i: int, leaves: Mapping[str, str], heads: int |
 
 
 def _residual(
-    p: _Plan, stream: int, branch: int, name: str, leaves: Mapping[str, str], layer: str, scale: str
+    p: PlanBuilder,
+    stream: int,
+    branch: int,
+    name: str,
+    leaves: Mapping[str, str],
+    layer: str,
+    scale: str,
 ) -> int:
     """The stream after adding ``layer`` (from group ``branch``) to ``stream``: a sum group
     with the layer's bias and layer scale as node features."""
@@ -411,14 +280,14 @@ def _residual(
     return out
 
 
-def _vit_stem(p: _Plan, blocks: Mapping[int, Mapping[str, str]]) -> int:
+def _vit_stem(p: PlanBuilder, blocks: Mapping[int, Mapping[str, str]]) -> int:
     proj = "patch_embed.proj.weight"
     if proj not in p.shapes:
         if not blocks:
             raise p.fail("no ViT patch embedding or block was selected")
         first = next(iter(blocks.values()))["attn.qkv.weight"]
         return p.group("input", p.shapes[first][1], NODE_INPUT, False)
-    x = _input_for(p, proj, positional=True)
+    x = input_group(p, proj, positional=True)
     s = p.weight(x, proj)
     p.groups[s] = Group("patch_embed", p.groups[s].size, NODE_HIDDEN)
     feats = [(F_BIAS, Ref("patch_embed.proj.bias")), (F_EXTRA, Ref("cls_token"))]
@@ -432,7 +301,7 @@ def vit_plan(
     shapes: Shapes, where: str = "<model>", heads: int | None = None, max_edges: int | None = None
 ) -> GraphPlan:
     """A timm VisionTransformer (or a range of its blocks): see the module docstring."""
-    p = _Plan(shapes, where)
+    p = PlanBuilder(shapes, where)
     blocks = _vit_blocks(p)
     s = _vit_stem(p, blocks)
     for i, leaves in blocks.items():
@@ -440,7 +309,7 @@ def vit_plan(
     norm = "fc_norm" if "fc_norm.weight" in p.shapes else "norm"
     _layer_norm(p, s, norm)
     if "head.weight" in p.shapes:
-        _output(p, s, "head.weight", "head.bias" if "head.bias" in p.shapes else None)
+        output_group(p, s, "head.weight", "head.bias" if "head.bias" in p.shapes else None)
     return p.finish("vit", max_edges)
 
 
@@ -467,7 +336,7 @@ def _check_whole_units(
     )
     chosen = {unit(n) for n in selected} - {None}
     missing = [
-        n for n in available if unit(n) in chosen and n not in selected and not n.endswith(_SKIP)
+        n for n in available if unit(n) in chosen and n not in selected and not n.endswith(SKIP)
     ]
     if missing:
         raise GraphBuildError(
