@@ -153,12 +153,17 @@ class WeightAttention(MessagePassing):
         h = h + self.dropout(self.out(msg))
         return h + self.dropout(self.ffn(h))
 
-    def _roles(self, h: torch.Tensor) -> list[torch.Tensor]:
-        """``q0, k0, q1, k1`` [N, H*C] (query and key per direction) and the values
-        [N, M*H*C] (shared by both directions), as column splits of one projection (split,
-        not selected: its backward concatenates instead of zero-filling)."""
+    def _roles(self, h: torch.Tensor) -> torch.Tensor:
+        """[N, (4 + M) * H * C]: per node, in column order, the forward query ``q0``, the
+        backward key ``k1``, the M value maps ``v`` (shared by both directions), the forward
+        key ``k0`` and the backward query ``q1``. A target's roles (``q0, k1, v``) and a
+        source's (``v, k0, q1``) are each one column range, gathered at once."""
+        return self.proj(self.norm(h))
+
+    def _split_roles(self, p: torch.Tensor) -> list[torch.Tensor]:
+        """``q0, k1, v, k0, q1`` column views of :meth:`_roles`."""
         d = self.heads * self.channels
-        return list(self.proj(self.norm(h)).split([d, d, d, d, self.m * d], dim=1))
+        return list(p.split([d, d, self.m * d, d, d], dim=1))
 
     def _edge_terms(self, phi: torch.Tensor) -> list[torch.Tensor]:
         """Per direction the logit term [..., H] and the gates [..., H, M] (split, not sliced:
@@ -173,7 +178,7 @@ class WeightAttention(MessagePassing):
         """The attention output [N, hidden] computed edge by edge."""
         edge_index, phi, direction = view.edges()
         n, shape = h.shape[0], (self.heads, self.channels)
-        q0, k0, q1, k1, v = self._roles(h)
+        q0, k1, v, k0, q1 = self._split_roles(self._roles(h))
         qk = torch.stack([q0, k0, q1, k1], 1).view(n, 2, 2, *shape)  # [N, direction, q/k, H, C]
         l0, g0, l1, g1 = self._edge_terms(phi)
         back = direction.bool().view(-1, 1, 1)
@@ -213,9 +218,10 @@ class WeightAttention(MessagePassing):
         direction's softmax over rows and its messages through the transposed blocks, so no
         per-edge tensor is ever permuted or copied.
         """
-        n, heads = h.shape[0], self.heads
-        q0, k0, q1, k1, v = self._roles(h)
-        stacks = self._stack_logits(view, torch.cat([q0, k1, v], 1), torch.cat([k0, q1, v], 1))
+        n, heads, d = h.shape[0], self.heads, self.heads * self.channels
+        p = self._roles(h)
+        q0, k1, v, k0, q1 = self._split_roles(p)
+        stacks = self._stack_logits(view, p[:, : (2 + self.m) * d], p[:, 2 * d :])
         a, b = view.sparse_index  # (source, target) of the forward direction
         sparse = self._sparse_logits(view, (q0, k0, q1, k1), a, b)
         with torch.no_grad():  # any constant per target gives the same softmax
@@ -246,7 +252,7 @@ class WeightAttention(MessagePassing):
         gates [G, 2, H, M, R, S], (source values, target values) [G, H, M, ., C])``.
 
         ``at_dst`` holds each node's forward query, backward key and values, ``at_src`` its
-        forward key, backward query and values: one gather of each serves every stack.
+        values, forward key and backward query: one gather of each serves every stack.
         """
         heads, ch, m = self.heads, self.channels, self.m
         src, dst, src_sizes, dst_sizes = view.dense_index()
@@ -257,12 +263,12 @@ class WeightAttention(MessagePassing):
             t = self.edge.weight @ phi.flatten(2) + self.edge.bias[:, None]  # [G, Q, R*S]
             t = t.view(count, -1, rows, cols)
             a = at_dst[i].view(count, rows, 2 + m, heads, ch)
-            b = at_src[i].view(count, cols, 2 + m, heads, ch)
+            b = at_src[i].view(count, cols, m + 2, heads, ch)
             qd = a[:, :, :2].permute(0, 2, 3, 1, 4).reshape(count, 2 * heads, rows, ch)
-            ks = b[:, :, :2].permute(0, 2, 3, 1, 4).reshape(count, 2 * heads, cols, ch)
+            ks = b[:, :, m:].permute(0, 2, 3, 1, 4).reshape(count, 2 * heads, cols, ch)
             logits = torch.matmul(qd, ks.transpose(-1, -2)) / math.sqrt(ch) + t[:, : 2 * heads]
             gates = t[:, 2 * heads :].view(count, 2, heads, m, rows, cols)
-            values = (b[:, :, 2:].permute(0, 3, 2, 1, 4), a[:, :, 2:].permute(0, 3, 2, 1, 4))
+            values = (b[:, :, :m].permute(0, 3, 2, 1, 4), a[:, :, 2:].permute(0, 3, 2, 1, 4))
             stacks.append((g, logits, gates, values))
         return stacks
 
