@@ -72,6 +72,10 @@ class ConfigError(NwaError):
     """A configuration value is invalid; raised before any work starts."""
 
 
+class GraphBuildError(WeightsError):
+    """A model's tensors do not form a network that can be read as a neural graph."""
+
+
 def exit_on_error(run: Callable[..., Any], *args: Any) -> Any:
     """``run(*args)``, where an :class:`NwaError` ends the process with one line ``nwa: ...`` on
     stderr and status 2 (a command's user error, never a traceback)."""

@@ -163,7 +163,7 @@ def test_modules_built_in_python_record_their_arguments():
     boosted = BoostedTreesModule(WeightShapes({}, stats_dim=14), targets, n_estimators=7)
     assert boosted.hparams.n_estimators == 7 and boosted.hparams.num_leaves == 31
     assert "lr" not in boosted.hparams  # no gradient training to configure
-    assert boosted.hparams.targets == {"kind": "regression", "names": ("test_acc",)}
+    assert boosted.hparams.targets == {"kind": "regression", "names": ("test_acc",), "labels": ()}
     mixture = MixtureOfTreeExperts(
         partial(ProbeX, rank_u=4, rank_v=4, dim=8),
         shapes=WeightShapes({"a": (8, 8), "b": (4, 8)}),

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from nwa.fit import run as fit
-from tests.zoo_factory import write_chain_zoo
+from tests.zoo_factory import write_chain_zoo, write_mixed_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,8 +117,27 @@ def test_configs_compose_and_cli_overrides(chain_zoo, tmp_path, monkeypatch):
         ("nwa.metanets.StatNNMLP", {"hidden": [16]}, {"input": "stats", "layers": "*"}),
         (
             "nwa.metanets.NWPA",
-            {"hidden": 8, "heads": 2, "layers": 1},
+            {
+                "hidden": 8,
+                "layers": 1,
+                "layer": {
+                    "class_path": "nwa.metanets.graph_layers.WeightAttention",
+                    "init_args": {"heads": 2, "edge_channels": 1},
+                },
+            },
             {"input": "graph", "layers": "*.weight"},
+        ),
+        (
+            "nwa.metanets.NWPA",
+            {
+                "hidden": 8,
+                "layers": 1,
+                "layer": {
+                    "class_path": "nwa.metanets.graph_layers.PyGConv",
+                    "init_args": {"conv": "gine"},
+                },
+            },
+            {"input": "graph", "layers": "*", "permute_augment": True},
         ),
         (
             "nwa.metanets.WeightNet",
@@ -133,6 +152,26 @@ def test_every_encoder_trains_through_the_cli(
     monkeypatch.chdir(tmp_path)
     cfg = write_config(tmp_path / "c.yaml", chain_zoo.root, encoder, init, **data)
     fit(["--config", str(cfg), "--trainer.fast_dev_run", "true", *csv(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("encoder", "init", "target"),
+    [
+        ("nwa.metanets.NWPA", {"hidden": 8, "layers": 1}, "labels"),
+        ("nwa.metanets.WeightNet", {"d_model": 8}, "properties"),
+    ],
+)
+def test_graph_encoders_train_on_a_mixed_zoo(tmp_path, monkeypatch, encoder, init, target):
+    """MLPs, CNNs, ResNets and ViTs in one zoo, batched together; with ``target: labels`` one
+    head per label (the family as classes, the accuracy as a value)."""
+    monkeypatch.chdir(tmp_path)
+    zoo = write_mixed_zoo(tmp_path / "zoo")
+    props = ["family", "test_acc"] if target == "labels" else ["test_acc"]
+    data = {"input": "graph", "layers": "*", "target": target, "properties": props}
+    cfg = write_config(tmp_path / "c.yaml", zoo.root, encoder, init, **data)
+    _, results = fit(["--config", str(cfg), "--trainer.max_epochs", "1", *csv(tmp_path)])
+    want = ["test/family_acc", "test/test_acc_r2"] if target == "labels" else ["test/r2"]
+    assert all(k in results[0] for k in want), sorted(results[0])
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -199,6 +238,19 @@ def test_bad_recipe_fails_at_start_with_one_line(chain_zoo, tmp_path, override, 
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_unbuildable_graph_fails_at_start_with_one_line(tmp_path):
+    zoo = write_mixed_zoo(tmp_path / "zoo")
+    cfg = write_config(
+        tmp_path / "c.yaml", zoo.root, "nwa.metanets.NWPA", {"hidden": 8}, input="graph"
+    )
+    r = run_cli(
+        ["nwa.fit", "--config", str(cfg), "--data.init_args.layers", "[re:.*weight]"], tmp_path
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("nwa: ") and ".safetensors" in line and "cuts a block" in line
 
 
 def test_ddp_two_cpu_processes(chain_zoo, tmp_path):

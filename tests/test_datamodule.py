@@ -10,9 +10,17 @@ import torch
 from safetensors.torch import save_file
 
 from nwa.data import ModelZooDataModule
-from nwa.errors import ConfigError, LayerNotFoundError, NonFiniteWeightsError, ShapeMismatchError
+from nwa.errors import (
+    ConfigError,
+    GraphBuildError,
+    LayerNotFoundError,
+    NonFiniteWeightsError,
+    ShapeMismatchError,
+)
 from nwa.weights import io as wio
-from tests.zoo_factory import write_chain_zoo
+from nwa.weights.graph import NODE_DIM, edge_list
+from nwa.weights.spec import GraphShapes
+from tests.zoo_factory import write_chain_zoo, write_mixed_zoo
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +73,8 @@ def test_chain_and_graph_inputs(chain_zoo):
     g = first_batch(dm)["x"]
     assert g.num_graphs == 4
     assert g.num_nodes == 4 * (1 + 4 + 4 + 6)
-    assert g.edge_index.shape[1] == 4 * (4 * 1 + 4 * 4 + 6 * 4)
+    assert edge_list(g)[0].shape[1] == 4 * (4 * 1 + 4 * 4 + 6 * 4)
+    assert dm.shapes.graph == GraphShapes(NODE_DIM, edge_dim=9, depth=3, outputs=6)
 
 
 def test_permutation_augmentation_preserves_function(chain_zoo):
@@ -449,3 +458,63 @@ def test_a_nonfinite_model_is_named_with_its_rows_and_the_option(cnn_zoo):
     with pytest.warns(UserWarning, match="leaving out 2 models with NaN/Inf weights"):
         dm = ModelZooDataModule(str(cnn_zoo), target="activation")  # diverged runs: dropped
     assert len(dm.rows) == 38
+
+
+@pytest.fixture(scope="module")
+def mixed_zoo(tmp_path_factory):
+    return write_mixed_zoo(tmp_path_factory.mktemp("mixed"))
+
+
+def test_graph_input_batches_architectures_together(mixed_zoo):
+    """No reference model: an MLP, a CNN, a ResNet and a ViT each get their own graph, and one
+    batch holds all four; each graph in the batch is the model's graph alone."""
+    from torch_geometric.data import Batch
+
+    from nwa.metanets import NWPA
+
+    dm = ModelZooDataModule(
+        str(mixed_zoo.root), layers="*", input="graph", target="properties",
+        properties=["test_acc"], batch_size=8, normalize=False,
+    )  # fmt: skip
+    assert len(dm.graphs.plans) == 4
+    assert {p.family for p in dm.graphs.plans} == {"sequential", "resnet", "vit"}
+    assert dm.shapes.graph.edge_dim == 64 and dm.shapes.graph.outputs == 5
+    batch = first_batch(dm)
+    x, rows = batch["x"], dm.dataset("train").rows.iloc[batch["index"].tolist()]
+    assert set(rows["arch"]) == {"mlp", "cnn", "resnet", "vit"}
+    ds = dm.dataset("train")
+    alone = Batch.from_data_list([ds[int(i)]["x"] for i in batch["index"]])
+    assert torch.equal(x.x, alone.x) and torch.equal(x.w, alone.w)
+    enc = NWPA(dm.shapes, hidden=8, layers=1)
+    assert enc(x).shape == (8, 8)
+
+
+def test_graph_input_normalizes_and_permutes_each_architecture(mixed_zoo):
+    dm = ModelZooDataModule(
+        str(mixed_zoo.root), layers="*", input="graph", permute_augment=True, batch_size=8
+    )
+    assert "blocks.0.attn.qkv.weight" in dm.normalizer.mean and "6.weight" in dm.normalizer.mean
+    ds = dm.dataset("train")
+    vit = next(i for i, r in enumerate(ds._records) if r["arch"] == "vit")
+    raw = dm.normalizer(ds.tensors(vit))
+    aug = dm.permute(raw, vit, ds._records[vit])
+    assert not torch.equal(aug["blocks.0.attn.qkv.weight"], raw["blocks.0.attn.qkv.weight"])
+    head, raw_head = aug["head.weight"], raw["head.weight"]  # columns move, rows (outputs) stay
+    assert torch.equal(head.sort(1).values, raw_head.sort(1).values)
+
+
+def test_unbuildable_graph_names_the_file(tmp_path):
+    zoo = write_mixed_zoo(tmp_path / "zoo", per_family=4)
+    row = zoo.table[zoo.table["arch"] == "resnet"].iloc[1]
+    path = zoo.path_of(row)
+    with wio.open_weights(path) as src:
+        tensors = {n: src.get(n) for n in src.names()}
+    tensors["layer1.0.se.fc.weight"] = torch.randn(2, 4, 1, 1)
+    save_file(tensors, str(path))
+    with pytest.raises(GraphBuildError) as e:
+        ModelZooDataModule(str(zoo.root), layers="*", input="graph")
+    assert str(path) in str(e.value) and "layer1.0.se.fc.weight" in str(e.value)
+    with pytest.raises(GraphBuildError, match="more than the limit"):
+        ModelZooDataModule(
+            str(zoo.root), layers="*", input="graph", arch="vit", graph_max_edges=100
+        )

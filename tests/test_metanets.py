@@ -20,7 +20,7 @@ from nwa.metanets import (
     WeightNet,
     count_parameters,
 )
-from nwa.weights.graph import chain_from_tensors, chain_shapes, chain_to_graph
+from nwa.weights.chain import chain_from_tensors, chain_shapes, chain_to_graph
 from nwa.weights.symmetry import permute_chain, random_hidden_permutations
 from tests.chains import conv_chain, conv_forward, mlp_chain, mlp_forward
 
@@ -64,7 +64,7 @@ def _encoders(gen: torch.Generator) -> list[tuple[nn.Module, object]]:
         (FlatMLP(flat.shape[1]), flat),
         (pca, flat),
         (StatNNMLP(21, hidden=(32, 16)).fit(torch.randn(20, 21, generator=gen)), stats),
-        (NWPA(shapes, hidden=16, heads=2, layers=2, pooling="attention"), chain),
+        (NWPA(shapes, hidden=16, layers=2, pooling="attention"), chain),
         (WeightNet(shapes, d_model=16, heads=2), chain),
     ]
 
@@ -93,7 +93,7 @@ def test_out_dims():
     assert PCAEncoder(10, n_components=3, head="none").out_dim == 3
     assert PCAEncoder(10, n_components=3, head="linear", dim=9).out_dim == 9
     assert StatNNMLP(14, hidden=(8, 6)).out_dim == 6
-    assert NWPA([(4, 3, 1)], hidden=24, heads=4).out_dim == 24
+    assert NWPA([(4, 3, 1)], hidden=24).out_dim == 24
     assert WeightNet([(4, 3, 1)], d_model=24).out_dim == 24
 
 
@@ -192,8 +192,8 @@ def _permute_outputs(chain: dict[str, list[torch.Tensor]]) -> dict[str, list[tor
 
 def _invariant_encoders(shapes):
     return {
-        "nwpa-mean": NWPA(shapes, hidden=16, heads=2, layers=2),
-        "nwpa-attn": NWPA(shapes, hidden=16, heads=4, layers=2, pooling="attention"),
+        "nwpa-mean": NWPA(shapes, hidden=16, layers=2, pooling="mean"),
+        "nwpa-attn": NWPA(shapes, hidden=16, layers=2, pooling="attention"),
         "weightnet-cls": WeightNet(shapes, d_model=16, heads=2),
         "weightnet-mean": WeightNet(shapes, d_model=16, heads=2, intra_blocks=2, pooling="mean"),
     }
@@ -224,118 +224,24 @@ def test_nwpa_accepts_graph_batches():
     gen = torch.Generator().manual_seed(0)
     models = [chain_from_tensors(*mlp_chain(gen)) for _ in range(B)]
     chain = _stack(models)
-    enc = NWPA(chain_shapes(chain["weights"]), hidden=16, heads=2, layers=2).eval()
+    enc = NWPA(chain_shapes(chain["weights"]), hidden=16, layers=2).eval()
     graphs = Batch.from_data_list([chain_to_graph(w, b) for w, b in models])
     with torch.no_grad():
         torch.testing.assert_close(enc(graphs), enc(chain))
         torch.testing.assert_close(enc(chain_to_graph(*models[1])), enc(chain)[1:2])
 
 
-def test_weightnet_rejects_wrong_chain():
-    enc = WeightNet([(4, 3, 1), (2, 4, 1)], d_model=8)
+def test_chain_encoders_reject_wrong_chains():
     chain = {
         "weights": [torch.randn(B, 4, 3, 1), torch.randn(B, 2, 5, 1)],
         "biases": [torch.randn(B, 4), torch.randn(B, 2)],
     }
-    with pytest.raises(ShapeMismatchError, match=r"\[B, 2, 4, 1\]"):
-        enc(chain)
-    with pytest.raises(ShapeMismatchError, match="takes 5 inputs"):
-        WeightNet([(4, 3, 1), (2, 5, 1)])
-
-
-@pytest.mark.parametrize("make", [conv_chain, mlp_chain], ids=["conv", "mlp"])
-def test_nwpa_blockwise_equals_edge_list(make):
-    """The block-wise GATv2 layers compute what GATv2Conv computes on the edge list."""
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(3)
-    models = [chain_from_tensors(*make(gen)) for _ in range(B)]
-    shapes = chain_shapes([w.unsqueeze(0) for w in models[0][0]])
-    enc = NWPA(shapes, hidden=16, heads=4, layers=2, pooling="attention").double()
-    graphs = Batch.from_data_list([chain_to_graph(w, b) for w, b in models])
-    graphs.x, graphs.edge_attr = graphs.x.double(), graphs.edge_attr.double()
-    assert enc._dense_blocks(graphs) is not None
-    shuffled = graphs.clone()  # the same graph with its edges in another order: edge-list path
-    perm = torch.randperm(graphs.edge_index.shape[1], generator=gen)
-    shuffled.edge_index, shuffled.edge_attr = graphs.edge_index[:, perm], graphs.edge_attr[perm]
-    assert enc._dense_blocks(shuffled) is None
-    chain = _stack(models)
-    chain = {k: [t.double() for t in v] for k, v in chain.items()}
-    params = list(enc.parameters())
-    results = []
-    for inp in (graphs, shuffled, chain):
-        out = enc(inp)
-        results.append((out, torch.autograd.grad(out.square().sum(), params)))
-    for out, grads in results[1:]:
-        torch.testing.assert_close(out, results[0][0], atol=1e-10, rtol=1e-10)
-        for g, ref in zip(grads, results[0][1]):
-            torch.testing.assert_close(g, ref, atol=1e-9, rtol=1e-9)
-
-
-@pytest.mark.parametrize("tile", [1, 7, 2048])
-def test_gatv2_chain_matches_gatv2conv(tile):
-    """Block-wise GATv2 == GATv2Conv on the edge list, values and every gradient (edges too)."""
-    from torch_geometric.nn import GATv2Conv
-
-    from nwa.metanets.gatv2_dense import gatv2_chain
-    from nwa.weights.graph import chain_batch_to_graph
-
-    gen = torch.Generator().manual_seed(0)
-    shapes = [(5, 4, 9), (6, 5, 9), (3, 6, 1)]
-    ws = [torch.randn(B, o, i, k, generator=gen, dtype=torch.float64) for o, i, k in shapes]
-    bs = [torch.randn(B, o, generator=gen, dtype=torch.float64) for o, _, _ in shapes]
-    torch.manual_seed(0)
-    conv = GATv2Conv(8, 3, heads=2, edge_dim=10, add_self_loops=False).double()
-    with torch.no_grad():
-        conv.bias.normal_()
-    g = chain_batch_to_graph({"weights": ws, "biases": bs})
-    n = g.x.shape[0] // B
-    h = torch.randn(B * n, 8, generator=gen, dtype=torch.float64, requires_grad=True)
-    ei, ea = g.edge_index, g.edge_attr.clone().requires_grad_(True)
-    flag = torch.ones(ea.shape[0], 1, dtype=ea.dtype)
-    ref = conv(
-        h,
-        torch.cat([ei, ei.flip(0)], 1),
-        torch.cat([torch.cat([ea, 0 * flag], 1), torch.cat([ea, flag], 1)]),
-    )
-    blocks = [w.clone().requires_grad_(True) for w in ws]
-    got = gatv2_chain(conv, h.view(B, n, 8), blocks, tile=tile).reshape(B * n, -1)
-    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
-    up = torch.randn(ref.shape, generator=gen, dtype=ref.dtype)
-    params = [h, *conv.parameters()]
-    want = torch.autograd.grad(ref, [*params, ea], up)
-    have = torch.autograd.grad(got, [*params, *blocks], up)
-    for a, b in zip(have, want[:-1]):
-        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
-    ref_edges = want[-1].view(B, -1, 9)  # padded columns of the 1x1 layer left out below
-    e0 = 0
-    for w, gw in zip(ws, have[len(params) :]):
-        _, o, i, k = w.shape
-        torch.testing.assert_close(
-            gw.reshape(B, o * i, k), ref_edges[:, e0 : e0 + o * i, :k], atol=1e-11, rtol=1e-11
-        )
-        e0 += o * i
-
-
-def test_gatv2_chain_attention_dropout():
-    """In training, attention dropout is applied to the normalised coefficients like GATv2Conv:
-    draws differ, and their mean is the dropout-free output (inverted dropout is unbiased)."""
-    from torch_geometric.nn import GATv2Conv
-
-    from nwa.metanets.gatv2_dense import gatv2_chain
-
-    gen = torch.Generator().manual_seed(1)
-    shapes = [(4, 3, 1), (2, 4, 1)]
-    ws = [torch.randn(1, o, i, k, generator=gen, dtype=torch.float64) for o, i, k in shapes]
-    n = 3 + 4 + 2
-    torch.manual_seed(0)
-    conv = GATv2Conv(5, 3, heads=2, edge_dim=2, add_self_loops=False, dropout=0.5).double()
-    h = torch.randn(1, n, 5, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        conv.eval()
-        clean = gatv2_chain(conv, h, ws)
-        conv.train()
-        draws = torch.stack([gatv2_chain(conv, h, ws) for _ in range(1500)])
-    assert not torch.equal(draws[0], draws[1])
-    assert (draws - clean).abs().amax() > 0.1  # dropout acts in training
-    spread = draws.std(0) / 1500**0.5
-    assert ((draws.mean(0) - clean).abs() <= 5 * spread + 1e-9).all()
+    for enc in (
+        WeightNet([(4, 3, 1), (2, 4, 1)], d_model=8),
+        NWPA([(4, 3, 1), (2, 4, 1)], hidden=8),
+    ):
+        with pytest.raises(ShapeMismatchError, match="takes 5 inputs"):
+            enc(chain)
+        deeper = _chain_batch(conv_chain, torch.Generator().manual_seed(0))
+        with pytest.raises(ValueError, match="depth 2"):
+            enc(deeper)

@@ -10,15 +10,20 @@ import torch
 from torch_geometric.data import Batch
 
 from nwa.errors import ShapeMismatchError
-from nwa.weights.graph import (
-    NODE_DIM,
-    NODE_HIDDEN,
-    NODE_INPUT,
-    NODE_OUTPUT,
+from nwa.weights.chain import (
     chain_batch_to_graph,
     chain_from_tensors,
     chain_shapes,
     chain_to_graph,
+)
+from nwa.weights.graph import (
+    F_BIAS,
+    F_POS,
+    NODE_DIM,
+    NODE_HIDDEN,
+    NODE_INPUT,
+    NODE_OUTPUT,
+    edge_list,
 )
 from nwa.weights.stats import statnn_feature_names, statnn_features, statnn_features_batched
 
@@ -81,18 +86,19 @@ def test_chain_to_graph_layout():
         torch.randn(10, generator=gen),
     ]
     g = chain_to_graph(ws, bs)
+    edge_index, edge_attr, _ = edge_list(g)
     assert g.num_nodes == 1 + 8 + 8 + 10 and g.x.shape == (27, NODE_DIM)
-    assert g.edge_index.shape == (2, 8 + 64 + 80) and g.edge_attr.shape == (152, 9)
+    assert edge_index.shape == (2, 8 + 64 + 80) and edge_attr.shape == (152, 9)
     assert g.layer.tolist() == [0] + [1] * 8 + [2] * 8 + [3] * 10
     assert g.node_kind.tolist() == [NODE_INPUT] + [NODE_HIDDEN] * 16 + [NODE_OUTPUT] * 10
-    assert torch.equal(g.x[1:9, 0], bs[0]) and g.x[0, 0] == 0
-    assert torch.all(g.x[1:17, 4:] == 0), "hidden neurons carry no position"
-    assert torch.any(g.x[17:, 4:] != 0)
+    assert torch.equal(g.x[1:9, F_BIAS], bs[0]) and g.x[0, F_BIAS] == 0
+    assert torch.all(g.x[1:17, F_POS:] == 0), "hidden neurons carry no position"
+    assert torch.any(g.x[17:, F_POS:] != 0) and torch.any(g.x[:1, F_POS:] != 0)
     # edge from input-side neuron i of conv2 (node 1 + i) to its neuron j (node 9 + j)
-    hit = ((g.edge_index[0] == 1 + 3) & (g.edge_index[1] == 9 + 5)).nonzero().item()
-    torch.testing.assert_close(g.edge_attr[hit], ws[1][5, 3].reshape(-1))
-    hit = ((g.edge_index[0] == 9 + 2) & (g.edge_index[1] == 17 + 7)).nonzero().item()
-    assert g.edge_attr[hit, 0] == ws[2][7, 2] and torch.all(g.edge_attr[hit, 1:] == 0)
+    hit = ((edge_index[0] == 1 + 3) & (edge_index[1] == 9 + 5)).nonzero().item()
+    torch.testing.assert_close(edge_attr[hit], ws[1][5, 3].reshape(-1))
+    hit = ((edge_index[0] == 9 + 2) & (edge_index[1] == 17 + 7)).nonzero().item()
+    assert edge_attr[hit, 0] == ws[2][7, 2] and torch.all(edge_attr[hit, 1:] == 0)
 
 
 def test_chain_batch_to_graph_equals_from_data_list():
@@ -111,5 +117,7 @@ def test_chain_batch_to_graph_equals_from_data_list():
     }
     got = chain_batch_to_graph(chain)
     assert got.num_graphs == 3
-    for key in ("x", "edge_index", "edge_attr", "layer", "node_kind", "batch", "ptr"):
+    for key in ("x", "w", "block_offset", "block_src_index", "layer", "node_kind", "batch", "ptr"):
         assert torch.equal(getattr(got, key), getattr(ref, key)), key
+    for a, b in zip(edge_list(got), edge_list(ref)):
+        assert torch.equal(a, b)

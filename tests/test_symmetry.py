@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from nwa.errors import ShapeMismatchError
-from nwa.weights.graph import chain_from_tensors
+from nwa.weights.chain import chain_from_tensors
+from nwa.weights.graph_archs import plan_graph
 from nwa.weights.symmetry import (
     permute_chain,
+    permute_network,
     permute_state_dict,
     random_hidden_permutations,
+    random_network_permutation,
     random_permute_state_dict,
+    tied_groups,
 )
 from tests.chains import conv_chain, conv_forward, mlp_chain, mlp_forward
+from tests.networks import NETWORKS, float_state, network
 
 
 @pytest.mark.parametrize(
@@ -91,3 +98,45 @@ def test_permute_state_dict_with_norm_layer():
     other.load_state_dict(new)
     x = torch.randn(2, 3, 6, 6)
     torch.testing.assert_close(other(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_network_permutation_preserves_function(name):
+    """Whole networks (residual sums, downsample shortcuts, attention with heads, flatten, norms)
+    permuted through their graph plan compute the same function; untying one tied group breaks it."""
+    model, x, heads = network(name)
+    state = float_state(model)
+    plan = plan_graph({k: v.shape for k, v in state.items()}, name, list(state), heads=heads)
+    perms = random_network_permutation(plan, torch.Generator().manual_seed(1))
+    assert perms, "every network here has hidden neurons"
+    new = permute_network(state, plan, perms)
+    moved = [k for k in state if not torch.equal(state[k], new[k])]
+    assert len(moved) >= 3
+    other = copy.deepcopy(model)
+    other.load_state_dict(new, strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), model(x), atol=1e-5, rtol=1e-5)
+        # reordering the outputs is no symmetry: the check can fail
+        out = next(i for i, g in enumerate(plan.groups) if g.positional and i > 0)
+        bad = {out: torch.roll(torch.arange(plan.groups[out].size), 1)}
+        other.load_state_dict(permute_network(state, plan, bad), strict=False)
+        assert not torch.allclose(other(x), model(x), atol=1e-4)
+        cls = max(tied_groups(plan), key=len)
+        if len(cls) > 1:  # one group of a tied class permuted apart from the others
+            loose = dict(perms) | {cls[0]: torch.roll(perms[cls[0]], 1)}
+            other.load_state_dict(permute_network(state, plan, loose), strict=False)
+            assert not torch.allclose(other(x), model(x), atol=1e-4)
+
+
+def test_tied_groups_follow_residual_connections():
+    model, _, _ = network("resnet")
+    state = float_state(model)
+    plan = plan_graph({k: v.shape for k, v in state.items()}, "resnet", list(state))
+    names = [[plan.groups[i].name for i in c] for c in tied_groups(plan)]
+    # layer2.1 has an identity shortcut: layer2.0's sum, its conv2 and its sum share one
+    # permutation; layer2.0 has a downsample: its conv2, downsample conv and sum are tied, apart
+    # from layer1's
+    assert any({"layer2.0", "layer2.1.conv2", "layer2.1"} <= set(c) for c in names)
+    assert any({"layer2.0.conv2", "layer2.0.downsample.0", "layer2.0"} <= set(c) for c in names)
+    assert all(not ({"layer1.0", "layer2.0"} <= set(c)) for c in names)
+    assert ["layer2.1.conv1"] in names  # a block's inner channels are free

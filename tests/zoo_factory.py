@@ -132,3 +132,36 @@ def write_small_cnn_zoo(root: Path, n_runs: int = 40, diverged: tuple[int, ...] 
     )
     metrics.to_csv(root / "metrics.csv.gz", index=False, compression="gzip")
     return root
+
+
+def write_mixed_zoo(root: Path, per_family: int = 4, seed: int = 0) -> Zoo:
+    """A zoo of four architectures (MLP, CNN, timm ResNet, timm ViT; ``tests.networks``), one
+    tree each; splits cycle train, train, val, test; ``test_acc`` depends on the weights."""
+    from tests.networks import float_state, network
+
+    gen = torch.Generator().manual_seed(seed)
+    meta = ZooMeta(name="mixed", classes=CLASSES, label_schema={"classes": "multilabel"})
+    writer = ZooWriter(root, meta)
+    splits = ["train", "train", "val", "test"]
+    for f, family in enumerate(("mlp", "cnn", "resnet", "vit")):
+        model, _, _ = network(family, seed + f)
+        base = float_state(model)
+        meta.trees[family] = {"root": "", "arch": family}
+        for m in range(per_family):
+            state = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in base.items()}
+            head = [k for k, v in state.items() if v.dim() == 2][-1]
+            acc = float(state[head].mean().sigmoid())
+            mid = f"{family}{m:02d}"
+            writer.add(
+                dict(
+                    id=mid,
+                    path=writer.save_weights(mid, state),
+                    tree=family,
+                    arch=family,
+                    split=splits[m % 4],
+                    classes=sorted(torch.randperm(6, generator=gen)[:3].tolist()),
+                    test_acc=acc,
+                    labels={"family": family},
+                )
+            )
+    return writer.finalize(expected=4 * per_family)

@@ -50,7 +50,7 @@ class WeightDataset(Dataset):
         if i in self._cache:
             return self._cache[i]
         try:
-            t = read_layers(self.dm.zoo, self._records[i], self.dm.spec.names)
+            t = read_layers(self.dm.zoo, self._records[i], self.dm.tensor_names(self._records[i]))
         except NonFiniteWeightsError as e:
             raise self.dm.nonfinite(e, self._records[i]) from None
         if self.dm.cache:
@@ -61,9 +61,12 @@ class WeightDataset(Dataset):
         if i in self._inputs:
             return {"x": self._inputs[i], "y": self.targets[i], "index": i}
         tensors = self.dm.normalizer(self.tensors(i))
+        record = self._records[i]
         if self.augment:
-            tensors = self.dm.permute(tensors, i)
-        x = make_input(self.dm.input, tensors, self.dm.spec, self.dm.layer_names)
+            tensors = self.dm.permute(tensors, i, record)
+        plan = self.dm.graphs.plan(record) if self.dm.graphs is not None else None
+        where = str(self.dm.zoo.path_of(record))
+        x = make_input(self.dm.input, tensors, self.dm.spec, self.dm.layer_names, plan, where)
         if self.dm.cache and not self.augment and self.dm.input in ("stats", "spectral"):
             # StatNN features sort every tensor, spectral ones solve eigenproblems: compute
             # them once, not every epoch.

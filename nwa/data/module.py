@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from nwa.data.dataset import CollatedItems, WeightDataset
+from nwa.data.labels import encode_labels, label_targets
 from nwa.data.reading import (
     BATCHED_INPUTS,
     INPUTS,
@@ -23,6 +24,7 @@ from nwa.data.reading import (
     Normalizer,
     collate,
     read_layers,
+    resolve_graphs,
     resolve_spec,
 )
 from nwa.data.sampling import EpochShuffle, derived_seed, global_seed
@@ -64,11 +66,13 @@ class ModelZooDataModule(L.LightningDataModule):
             (one vector), ``stats`` (StatNN features), ``spectral`` (WeightWatcher-style
             spectral features of each selected 2-D+ weight, computed on the raw weights),
             ``graph`` (neural graph), ``chain`` (per-layer weights and biases, for neuron tokens).
-        target: ``classes`` (multi-label training classes), ``properties`` (regression), or a
+        target: ``classes`` (multi-label training classes), ``properties`` (regression),
+            ``labels`` (several labels at once, one head each: each of ``properties`` is a class
+            label or a value, as the zoo's label schema declares or its values show), or a
             categorical label to classify: ``concept``, ``tree``, ``arch``, or any label or
             hyperparameter the models record (e.g. ``activation`` in the Small CNN Zoo).
         properties: Regression targets for ``target: properties`` (models without a value are
-            left out, with a warning).
+            left out, with a warning); the labels of ``target: labels``.
         trees: Keep only models whose tree matches one of these globs (``None``: every tree).
         arch: Keep only models whose architecture matches this glob (``None``: every one).
         zoo_presets: Choices for particular zoos: a list of ``{trees, arch, layers}`` (and
@@ -88,6 +92,9 @@ class ModelZooDataModule(L.LightningDataModule):
         drop_nonfinite: Leave out models with NaN/Inf weights (with a warning) instead of
             failing; ``None``: only in zoos known to hold diverged runs (the Small CNN Zoo, whose
             authors drop them too).
+        graph_max_edges: Refuse models whose neural graph (``graph`` input) has more edges
+            (``None``: ``nwa.weights.graph_archs.MAX_EDGES``, 4 M); select a layer range of
+            larger models.
         batch_size: Global batch size; each of ``world_size`` ranks gets an equal share.
         num_workers: DataLoader worker processes.
         cache: Keep read tensors in memory (only the selected layers).
@@ -114,6 +121,7 @@ class ModelZooDataModule(L.LightningDataModule):
         normalize: bool = True,
         permute_augment: bool = False,
         drop_nonfinite: bool | None = None,
+        graph_max_edges: int | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         cache: bool = True,
@@ -151,9 +159,17 @@ class ModelZooDataModule(L.LightningDataModule):
                     f"{self.zoo.root}: no selected model is in the {stage} splits {names}; "
                     f"they are in {sorted(set(self.rows['split']))}"
                 )
-        self.spec, self.extra_names = resolve_spec(
-            self.zoo, self.rows, self.selection["layers"], input
+        layers = self.selection["layers"]
+        # graph input: a plan per model, so one batch may mix architectures and sizes
+        self.graphs = (
+            resolve_graphs(self.zoo, self.rows, layers, graph_max_edges)
+            if input == "graph"
+            else None
         )
+        if self.graphs is not None:
+            self.spec, self.extra_names = self.graphs.union_spec(), []
+        else:
+            self.spec, self.extra_names = resolve_spec(self.zoo, self.rows, layers, input)
         self.layer_names = [n for n in self.spec.names if n not in self.extra_names]
         if input == "spectral":
             flat = [n for n in self.spec.names if len(self.spec[n].shape) < 2]
@@ -197,6 +213,8 @@ class ModelZooDataModule(L.LightningDataModule):
     @property
     def chain_shapes(self) -> list[tuple[int, int, int]]:
         """(out, in, kernel) of each layer of the ``chain`` input."""
+        if self.graphs is not None:
+            return []
         out = []
         for n in self.layer_names:
             shape = self.spec[n].shape
@@ -208,12 +226,18 @@ class ModelZooDataModule(L.LightningDataModule):
     def shapes(self) -> WeightShapes:
         """Every input shape, for the ``model.shapes`` link."""
         return WeightShapes(
-            self.layer_shapes, self.flat_dim, self.stats_dim, tuple(self.chain_shapes)
+            self.layer_shapes,
+            self.flat_dim,
+            self.stats_dim,
+            tuple(self.chain_shapes),
+            self.graphs.shapes if self.graphs is not None else None,
         )
 
     @property
     def targets(self) -> Targets:
         """What to predict, for the ``model.targets`` link."""
+        if self.target == "labels":
+            return label_targets(self.zoo, self.rows, self.properties)
         return Targets(self.task_type, tuple(self.class_names))
 
     def train_targets(self) -> torch.Tensor:
@@ -222,7 +246,9 @@ class ModelZooDataModule(L.LightningDataModule):
     @property
     def num_outputs(self) -> int:
         """Classes (or properties, for regression) the head predicts."""
-        return len(self.properties) if self.target == "properties" else len(self.class_names)
+        if self.target in ("properties", "labels"):
+            return len(self.properties)
+        return len(self.class_names)
 
     @property
     def task_type(self) -> str:
@@ -236,7 +262,10 @@ class ModelZooDataModule(L.LightningDataModule):
         return rows.reset_index(drop=True)
 
     def encode_targets(self, rows: pd.DataFrame) -> torch.Tensor:
-        """The target tensor of each row: multi-hot, class index, or property values."""
+        """The target tensor of each row: multi-hot, class index, property values, or one column
+        per label (``labels``: class index or value)."""
+        if self.target == "labels":
+            return encode_labels(self.zoo, rows, self.targets)
         return self._target.encode(rows, self.class_names)
 
     def target_names(self, rows: pd.DataFrame) -> list[str]:
@@ -264,7 +293,7 @@ class ModelZooDataModule(L.LightningDataModule):
         keep, dropped = [], []
         for _, row in rows.iterrows():
             try:
-                read_layers(self.zoo, row, self.spec.names, check=True)
+                read_layers(self.zoo, row, self.tensor_names(row), check=True)
                 keep.append(True)
             except NonFiniteWeightsError as e:
                 dropped.append(f"{e} ({self.model_ref(row)})")
@@ -295,20 +324,34 @@ class ModelZooDataModule(L.LightningDataModule):
             )
         return self._datasets[stage]
 
+    def tensor_names(self, row: Any) -> list[str]:
+        """The tensors read from one model (its graph's, for the ``graph`` input)."""
+        return self.graphs.plan(row).names if self.graphs is not None else self.spec.names
+
     def set_epoch(self, epoch: int) -> None:
         """The training epoch to draw augmentations for (the LightningModules call it)."""
         self.epoch = epoch
 
-    def permute(self, tensors: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
-        """Randomly permute hidden neurons of the selected chain (a function-preserving symmetry).
+    def permute(
+        self, tensors: dict[str, torch.Tensor], index: int, row: Any = None
+    ) -> dict[str, torch.Tensor]:
+        """Randomly permute hidden neurons of the selected chain, or of the whole network for
+        the ``graph`` input (a function-preserving symmetry).
 
         The permutation depends only on the seeds, the epoch and the model's ``index``, so a
         resumed run draws what an unbroken run draws.
         """
-        from nwa.weights.symmetry import random_permute_state_dict
+        from nwa.weights.symmetry import (
+            permute_network,
+            random_network_permutation,
+            random_permute_state_dict,
+        )
 
         seed = derived_seed(self.hparams.seed, global_seed(), self.epoch, index)
         gen = torch.Generator().manual_seed(seed)
+        if self.graphs is not None:
+            plan = self.graphs.plan(row)
+            return permute_network(tensors, plan, random_network_permutation(plan, gen))
         return random_permute_state_dict(tensors, self.layer_names, generator=gen)
 
     def per_rank_batch_size(self) -> int:

@@ -7,15 +7,18 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from nwa.errors import LayerNotFoundError
-from nwa.weights.spec import ZooSpec, check_finite, select_layers, to_matrix
+from nwa.weights.spec import GraphShapes, ZooSpec, check_finite, select_layers, to_matrix
 from nwa.zoo.manifest import Zoo
+
+if TYPE_CHECKING:
+    from nwa.weights.graph import GraphPlan
 
 INPUTS = ("matrix", "flat", "stats", "spectral", "graph", "chain")
 BATCHED_INPUTS = ("matrix", "flat")
@@ -100,6 +103,76 @@ def resolve_spec(
     return spec, extra
 
 
+@dataclass
+class GraphSpecs:
+    """The graph plan of every selected model (:mod:`nwa.weights.graph`): models of different
+    architectures, depths and widths each get theirs; models with the same tensor names and
+    shapes share one.
+
+    Attributes:
+        plans: The distinct plans.
+        plan_index: Model id -> index into ``plans``.
+        shapes: What graph encoders need to cover every plan.
+    """
+
+    plans: list[GraphPlan]
+    plan_index: dict[str, int]
+    shapes: GraphShapes
+
+    def plan(self, row: Mapping[str, Any]) -> GraphPlan:
+        return self.plans[self.plan_index[str(row["id"])]]
+
+    def union_spec(self) -> ZooSpec:
+        """Every tensor any plan reads, with the first shape seen."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for p in self.plans:
+            for n, shp in p.tensor_shapes:
+                shapes.setdefault(n, shp)
+        return ZooSpec.from_shapes(shapes)
+
+
+def resolve_graphs(
+    zoo: Zoo,
+    rows: pd.DataFrame,
+    selector: str | int | Sequence[str | int],
+    max_edges: int | None = None,
+) -> GraphSpecs:
+    """Each model's graph plan from its own header (no reference model): its selected tensors
+    (plus the biases of selected weights), read as a ResNet, a ViT or a layer chain.
+
+    Raises:
+        LayerNotFoundError: The selector matches nothing in some model (the message names it).
+        GraphBuildError: Some model's tensors do not form a graph (the message names its file
+            and why).
+    """
+    from nwa.weights.graph import graph_shapes_of
+    from nwa.weights.graph_archs import plan_graph
+
+    plans: list[GraphPlan] = []
+    seen: dict[tuple, int] = {}
+    index: dict[str, int] = {}
+    for row in rows.to_dict("records"):
+        path = zoo.path_of(row)
+        with zoo.open_model(row) as src:
+            available = src.names()
+            layout = zoo.meta.layout.get(str(row["arch"]))
+            pool = [n for n in layout if n in src] if layout and _by_index(selector) else available
+            chosen = set(select_layers(pool, selector, path))
+            chosen |= {b for n in chosen if (b := bias_name(n)) and b in src}
+            shapes = tuple((n, tuple(src.info(n).shape)) for n in available if n in chosen)
+        if shapes not in seen:
+            seen[shapes] = len(plans)
+            plans.append(plan_graph(dict(shapes), str(path), available, max_edges=max_edges))
+        index[str(row["id"])] = seen[shapes]
+    return GraphSpecs(plans, index, graph_shapes_of(plans))
+
+
+def _by_index(selector: str | int | Sequence[str | int]) -> bool:
+    if isinstance(selector, int):
+        return True
+    return not isinstance(selector, str) and any(isinstance(s, int) for s in selector)
+
+
 def read_layers(
     zoo: Zoo, row: Mapping[str, Any], names: Sequence[str], check: bool = True
 ) -> dict[str, torch.Tensor]:
@@ -131,9 +204,12 @@ class Normalizer:
 
     @classmethod
     def fit(cls, samples: Sequence[dict[str, torch.Tensor]]) -> Normalizer:
+        """Each tensor name's statistics over the samples that hold it (models of different
+        architectures hold different tensors)."""
         mean, std = {}, {}
-        for name in samples[0]:
-            values = torch.cat([s[name].flatten() for s in samples])
+        names = dict.fromkeys(n for s in samples for n in s)
+        for name in names:
+            values = torch.cat([s[name].flatten() for s in samples if name in s])
             mean[name] = float(values.mean())
             std[name] = float(values.std()) if values.numel() > 1 else 1.0
             if not std[name] > 1e-12:
@@ -159,14 +235,24 @@ class Normalizer:
         return all(self.mean[n] == 0.0 and self.std[n] == 1.0 for n in names)
 
 
-def make_input(kind: str, tensors: dict[str, torch.Tensor], spec: ZooSpec, weights: Sequence[str]):
+def make_input(
+    kind: str,
+    tensors: dict[str, torch.Tensor],
+    spec: ZooSpec,
+    weights: Sequence[str],
+    plan: GraphPlan | None = None,
+    where: str = "<model>",
+):
     """One model's tensors -> the input of one metanetwork family (see :data:`INPUTS`).
 
     ``matrix``: ``{name: [d_H, d_W]}``; ``flat``: ``[D]``; ``stats``: ``[7 * n_tensors]``;
     ``spectral``: ``[6 * n_tensors]`` (:func:`nwa.weights.spectral.spectral_features`);
-    ``chain``: ``{"weights": [[out, in, k], ...], "biases": [[out], ...]}``; ``graph``: a
-    ``torch_geometric.data.Data``.
+    ``chain``: ``{"weights": [[out, in, k], ...], "biases": [[out], ...]}``; ``graph``: the
+    model's :class:`~nwa.weights.graph.NeuralGraph` from its ``plan`` (without one, the chain of
+    ``weights``).
     """
+    if kind == "graph" and plan is not None:
+        return plan.build(tensors, where)
     if kind == "matrix":
         return {n: to_matrix(tensors[n]) for n in weights}
     if kind == "flat":
@@ -179,7 +265,7 @@ def make_input(kind: str, tensors: dict[str, torch.Tensor], spec: ZooSpec, weigh
         from nwa.weights.spectral import spectral_features
 
         return spectral_features([tensors[n] for n in spec.names])
-    from nwa.weights.graph import chain_from_tensors, chain_to_graph
+    from nwa.weights.chain import chain_from_tensors, chain_to_graph
 
     biases = [tensors.get(b) if (b := bias_name(n)) else None for n in weights]
     ws, bs = chain_from_tensors([tensors[n] for n in weights], biases, names=list(weights))

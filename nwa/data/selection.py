@@ -28,7 +28,7 @@ AUTO_LAYERS: dict[str, str | list[str]] = {
     "stats": ["*.weight", "*.bias"],  # every weight and bias (not normalization buffers)
     "spectral": "matrices",
     "chain": "matrices",  # every weight of two or more dimensions, in module order
-    "graph": "matrices",
+    "graph": "*",  # whole networks: norm parameters become node features
 }
 """Layers used when neither the run nor a zoo preset names them, by input kind."""
 

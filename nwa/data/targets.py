@@ -15,7 +15,7 @@ from nwa.data.selection import label_values, missing, zoo_labels
 from nwa.errors import ConfigError
 from nwa.zoo.manifest import Zoo
 
-TARGETS = ("classes", "concept", "tree", "arch", "properties")
+TARGETS = ("classes", "concept", "tree", "arch", "properties", "labels")
 """The built-in targets; any categorical label of the zoo is a target too."""
 
 
@@ -24,9 +24,10 @@ class Target:
 
     Args:
         zoo: The zoo.
-        kind: ``classes``, ``properties``, or a categorical label (``concept``, ``tree``,
+        kind: ``classes``, ``properties``, ``labels`` (one head per label of ``properties``:
+            see :mod:`nwa.data.labels`), or a categorical label (``concept``, ``tree``,
             ``arch``, a key of the models' labels or hyperparameters).
-        properties: The numeric labels of ``properties``.
+        properties: The numeric labels of ``properties``; the labels of ``labels``.
     """
 
     def __init__(self, zoo: Zoo, kind: str, properties: Sequence[str]) -> None:
@@ -34,7 +35,8 @@ class Target:
 
     @property
     def task_type(self) -> str:
-        return {"classes": "multilabel", "properties": "regression"}.get(self.kind, "multiclass")
+        kinds = {"classes": "multilabel", "properties": "regression", "labels": "multitask"}
+        return kinds.get(self.kind, "multiclass")
 
     def _has(self, rows: pd.DataFrame) -> str:
         numeric, categorical = zoo_labels(self.zoo, rows)
@@ -69,6 +71,16 @@ class Target:
                     raise ConfigError(f"{root}: no label {p!r}{self._has(rows)}")
                 known &= pd.to_numeric(values, errors="coerce").notna()
             return _dropping(rows, known, f"without {self.properties}")
+        if self.kind == "labels":  # one head per label: a model may lack some of them
+            if not self.properties:
+                raise ConfigError("target 'labels' needs at least one label in properties")
+            for p in self.properties:
+                values = label_values(self.zoo, rows, p)
+                if values is None:
+                    raise ConfigError(f"{root}: no label {p!r}{self._has(rows)}")
+                if values.map(missing).all():
+                    raise ConfigError(f"{root}: label {p!r} is unknown for every selected model")
+            return rows
         values = label_values(self.zoo, rows, self.kind)
         if values is None:
             raise ConfigError(f"{root}: no label {self.kind!r} to predict{self._has(rows)}")
@@ -79,7 +91,7 @@ class Target:
         if self.kind == "classes":
             used = sorted({c for cs in rows["classes"] for c in cs})
             return [self.zoo.meta.classes[c] for c in used]
-        if self.kind == "properties":
+        if self.kind in ("properties", "labels"):
             return list(self.properties)
         return sorted(set(self.row_names(rows)) - {""})
 
@@ -102,6 +114,8 @@ class Target:
         if self.kind == "properties":
             cols = [pd.to_numeric(label_values(self.zoo, rows, p)) for p in self.properties]
             return torch.tensor(np.stack([c.to_numpy(dtype=np.float32) for c in cols], axis=1))
+        if self.kind == "labels":
+            raise ValueError("target 'labels' is encoded by its Targets (nwa.data.labels)")
         index = {n: i for i, n in enumerate(names)}
         return torch.tensor([index.get(v, -1) for v in self.row_names(rows)], dtype=torch.long)
 

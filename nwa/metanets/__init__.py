@@ -5,7 +5,8 @@ Families by input (what the DataModule yields):
 - matrix ``{layer: [B, d_H, d_W]}``: :class:`ProbeX`, :class:`Dense`;
 - flat ``[B, D]``: :class:`FlatMLP`, :class:`PCAEncoder`;
 - stats ``[B, F]``: :class:`StatNNMLP` (and the non-gradient :class:`StatNNBoosted`);
-- chain ``{"weights": [[B, out, in, k]], "biases": [[B, out]]}`` or a neural-graph ``Batch``:
+- graph: a ``Batch`` of neural graphs of whole networks, any architectures and sizes mixed
+  (:mod:`nwa.weights.graph`), or a chain ``{"weights": [[B, out, in, k]], "biases": [[B, out]]}``:
   :class:`NWPA`, :class:`WeightNet` (both invariant to hidden-neuron permutations).
 
 Every encoder exposes ``out_dim``; heads and losses live in :mod:`nwa.tasks`.

@@ -2,128 +2,166 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch_geometric.data import Data
-from torch_geometric.nn import GATv2Conv, global_add_pool, global_mean_pool
+from torch_geometric.nn import global_add_pool, global_mean_pool
 from torch_geometric.nn.aggr import AttentionalAggregation
 
-from nwa.metanets.gatv2_dense import gatv2_chain, supports
+from nwa.metanets.graph_layers import EdgeEncoder, EdgeView, WeightAttention
+from nwa.weights.chain import chain_batch_to_graph
 from nwa.weights.graph import (
     NODE_DIM,
-    batched_edge_index,
-    chain_batch_to_graph,
-    chain_node_features,
-    chain_template,
-    check_chain_batch,
+    NODE_KINDS,
+    NODE_OUTPUT,
+    dense_groups,
 )
-from nwa.weights.spec import WeightShapes, from_shapes
+from nwa.weights.spec import GraphShapes, WeightShapes
 
 POOLINGS = ("mean", "add", "attention")
+LayerFactory = Callable[[int, int], nn.Module]
+
+
+def graph_shapes(shapes: GraphShapes | WeightShapes | Sequence[Sequence[int]]) -> GraphShapes:
+    """The graph shapes an encoder is built for: from the data's :class:`WeightShapes` (its
+    ``graph``, else its ``chain``), a :class:`GraphShapes`, or a chain's ``(out, in, k)`` list."""
+    if isinstance(shapes, GraphShapes):
+        return shapes
+    if isinstance(shapes, WeightShapes):
+        if shapes.graph is not None:
+            return shapes.graph
+        shapes = shapes.chain
+    chain = [tuple(int(v) for v in s) for s in shapes]
+    if not chain:
+        raise ValueError("a graph encoder needs the data's graph shapes (input: graph or chain)")
+    return GraphShapes(NODE_DIM, max(s[2] for s in chain), len(chain), chain[-1][0])
+
+
+def as_graph(batch: Data | Mapping[str, Sequence[torch.Tensor]]) -> Data:
+    """A graph batch as is; a batched chain dict as the graphs of its chains."""
+    return chain_batch_to_graph(batch) if isinstance(batch, Mapping) else batch
 
 
 class NWPA(nn.Module):
-    r"""Graph attention network on a neural graph (:mod:`nwa.weights.graph`), pooled to a vector.
+    r"""Message passing on neural graphs (:mod:`nwa.weights.graph`), read out to a vector.
 
-    Nodes are neurons, edges are weights. With node features :math:`x_v` (bias, kind flags,
-    positional code for input/output neurons only), node group (layer) :math:`\ell_v` and kind
-    :math:`\kappa_v`:
+    Nodes are neurons, edges are weights. With node features :math:`x_v` (bias, normalization
+    parameters, a position only for input/output neurons), layer :math:`\ell_v` and kind
+    :math:`\kappa_v`, and edge features from the kernel values and edge kind:
 
     .. math::
-        h_v^{(0)} = A x_v + E_\text{layer}[\ell_v] + E_\text{kind}[\kappa_v]
+        h_v^{(0)} = A x_v + E_\text{layer}[\ell_v] + E_\text{kind}[\kappa_v], \qquad
+        \phi_{uv} = \mathrm{MLP}(w_{uv}, \kappa_{uv})
 
-        h_v^{(t+1)} = \mathrm{LN}\big(h_v^{(t)} + \mathrm{GELU}(
-            \mathrm{GATv2}(h^{(t)}, \{(u, v, e_{uv})\}))\big)
+        h^{(t+1)} = \mathrm{Layer}_t(h^{(t)}, \phi), \qquad
+        z = \mathrm{MLP}\big([\mathrm{pool}_v\, \mathrm{LN}(h_v^{(T)}),
+            \mathrm{LN}(h_{o_1}^{(T)}), \dots, \mathrm{LN}(h_{o_K}^{(T)})]\big)
 
-        z = \mathrm{MLP}\big(\mathrm{pool}_v\, h_v^{(T)}\big)
-
-    GATv2 attends over neighbours with the edge features in the attention logits (the messages
-    are the neighbours' projected states, so a weight acts through how much attention its source
-    neuron gets); every weight edge is used in both directions, with a direction flag appended to
-    its kernel vector (``edge_dim + 1`` features). ``pool`` is the mean, the sum, or attentional
-    aggregation (softmax gate over nodes).
-
-    Computation: a neural graph is a stack of complete bipartite blocks, so when the input is a
-    batched chain, or a graph batch laid out as :func:`~nwa.weights.graph.chain_to_graph` lays out
-    chains of the shapes given here, the GATv2 layers run block-wise
-    (:func:`nwa.metanets.gatv2_dense.gatv2_chain`: the same parameters and the same function, without
-    per-edge ``[E, hidden]`` tensors). Any other graph goes through ``GATv2Conv`` edge by edge.
+    The layer is :class:`~nwa.metanets.graph_layers.WeightAttention` by default (attention over
+    neighbours, messages gated by the weight: the seed's MESSAGE(h_i, h_j, e_ij)); ``layer``
+    takes any ``(hidden, edge_dim) -> module`` factory, e.g.
+    :class:`~nwa.metanets.graph_layers.PyGConv`. ``pool`` is the mean, sum or attentional
+    aggregation (softmax gate over nodes); with ``outputs`` the states of the output neurons
+    :math:`o_1 \dots o_K` (fixed order: a class's neuron) join the pooled vector, zero-padded to
+    the data's largest ``K``.
 
     Invariance: hidden neurons carry no positional feature and every operation is a node-wise
-    map, a neighbourhood aggregation or a global pooling, so relabelling the hidden neurons of any
-    layer (with their edges) leaves ``z`` unchanged up to float summation order.
+    map, an aggregation over neighbours or a pooling; output neurons are read in their fixed
+    order. Relabelling hidden neurons (with their edges) leaves ``z`` unchanged up to float
+    summation order.
 
     Args:
-        node_dim: Width of the graph's node features (``nwa.weights.graph.NODE_DIM``).
-        edge_dim: Width of the graph's edge features (the largest kernel size k in the chain).
-        depth: Number of weight layers L in the chain (node groups 0..L get layer embeddings).
-        hidden: Node state width (divisible by ``heads``); also the output size.
-        heads: Attention heads per GATv2 layer.
+        shapes: The data's graph shapes (linked from the data module).
+        hidden: Node state width; also the output size.
         layers: Message-passing rounds T.
+        edge_dim: Width of the edge features ``phi``.
+        layer: Factory of one round, called as ``layer(hidden, edge_dim)``; ``None``:
+            ``WeightAttention`` with its defaults (4 heads, 2 gated value maps).
         pooling: ``"mean"``, ``"add"`` or ``"attention"``.
-        dropout: Dropout on the message-passing updates.
+        outputs: Also read out the output neurons' states, in order.
+        dropout: Dropout on the message-passing updates (default layer only).
 
     Shapes:
-        - input: a ``torch_geometric`` ``Batch`` of :func:`~nwa.weights.graph.chain_to_graph`
-          graphs (``x`` [N, node_dim], ``edge_attr`` [E, edge_dim], ``layer`` and ``node_kind``
-          [N]), or a batched chain dict ``{"weights": [B, out_l, in_l, k_l], "biases": [B, out_l]}``
+        - input: a ``torch_geometric`` ``Batch`` of :class:`~nwa.weights.graph.NeuralGraph`
+          (networks of any architectures and sizes), or a batched chain dict
+          ``{"weights": [B, out_l, in_l, k_l], "biases": [B, out_l]}``
         - output: [B, out_dim] with ``out_dim = hidden``
     """
 
     def __init__(
         self,
-        chain_shapes: Sequence[Sequence[int]] | WeightShapes,
+        shapes: GraphShapes | WeightShapes | Sequence[Sequence[int]],
         hidden: int = 64,
-        heads: int = 4,
         layers: int = 3,
-        pooling: str = "mean",
+        edge_dim: int = 16,
+        layer: LayerFactory | None = None,
+        pooling: str = "attention",
+        outputs: bool = True,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if hidden % heads:
-            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        chain_shapes = from_shapes(chain_shapes, "chain")
-        if not chain_shapes:
-            raise ValueError("NWPA needs the chain's layer shapes (input: graph or chain)")
-        self.node_dim = NODE_DIM
-        self.chain_shapes = [tuple(int(v) for v in s) for s in chain_shapes]
-        self.edge_dim = max(int(s[2]) for s in chain_shapes)
-        self.depth = len(chain_shapes)
-        self.node_in = nn.Linear(self.node_dim, hidden)
-        self.layer_emb = nn.Embedding(self.depth + 1, hidden)
-        self.kind_emb = nn.Embedding(3, hidden)
-        self.convs = nn.ModuleList(
-            GATv2Conv(
-                hidden,
-                hidden // heads,
-                heads=heads,
-                edge_dim=self.edge_dim + 1,
-                add_self_loops=False,
+        self.shapes = graph_shapes(shapes)
+        s = self.shapes
+        self.node_in = nn.Linear(s.node_dim, hidden)
+        self.layer_emb = nn.Embedding(s.depth + 1, hidden)
+        self.kind_emb = nn.Embedding(NODE_KINDS, hidden)
+        self.edges = EdgeEncoder(s.edge_dim, edge_dim)
+        if layer is None:
+            self.layers = nn.ModuleList(
+                WeightAttention(hidden, edge_dim, dropout=dropout) for _ in range(layers)
             )
-            for _ in range(layers)
-        )
-        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
-        self.act = nn.GELU()
-        self.dropout = nn.Dropout(dropout)
+        else:
+            self.layers = nn.ModuleList(layer(hidden, edge_dim) for _ in range(layers))
+        self.norm = nn.LayerNorm(hidden)
         self.pooling = pooling
         if pooling == "attention":
             self.pool = AttentionalAggregation(
                 nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
             )
+        self.n_outputs = s.outputs if outputs else 0
         self.readout = nn.Sequential(
-            nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden)
+            nn.Linear(hidden * (1 + self.n_outputs), hidden), nn.GELU(), nn.Linear(hidden, hidden)
         )
         self.out_dim = hidden
-        self._index_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
 
-    def __getstate__(self) -> dict:
-        state = dict(super().__getstate__())
-        state["_index_cache"] = {}  # a cache, not state: never pickled or deep-copied
-        return state
+    def view(self, graph: Data) -> EdgeView:
+        """The batch's blocks with their edge features (computed once for every layer)."""
+        dense = [(g, self.edges.blocks(g.w, g.kind)) for g in dense_groups(graph)]
+        return EdgeView(
+            graph.num_nodes,
+            dense,
+            graph.sparse_edge_index,
+            self.edges(graph.sparse_attr, graph.sparse_kind),
+        )
+
+    def _check(self, graph: Data) -> None:
+        s = self.shapes
+        if graph.x.shape[1] != s.node_dim:
+            raise ValueError(
+                f"NWPA built for node_dim={s.node_dim}; the graph has {graph.x.shape[1]}"
+            )
+        if graph.layer.numel() and int(graph.layer.max()) > s.depth:
+            raise ValueError(
+                f"NWPA built for graphs of depth {s.depth}; this one has {int(graph.layer.max())}"
+            )
+
+    def forward(self, graph: Data | Mapping[str, Sequence[torch.Tensor]]) -> torch.Tensor:
+        graph = as_graph(graph)
+        self._check(graph)
+        batch, size = _batch_vector(graph)
+        h = self.node_in(graph.x) + self.layer_emb(graph.layer) + self.kind_emb(graph.node_kind)
+        view = self.view(graph)
+        for layer in self.layers:
+            h = layer(h, view)
+        h = self.norm(h)
+        parts = [self._pool(h, batch, size)]
+        if self.n_outputs:
+            parts.append(output_states(h, graph.node_kind, batch, size, self.n_outputs).flatten(1))
+        return self.readout(torch.cat(parts, 1))
 
     def _pool(self, h: torch.Tensor, batch: torch.Tensor, size: int) -> torch.Tensor:
         if self.pooling == "mean":
@@ -132,106 +170,28 @@ class NWPA(nn.Module):
             return global_add_pool(h, batch, size)
         return self.pool(h, batch, dim_size=size)
 
-    def _dense_blocks(self, graph: Data) -> list[torch.Tensor] | None:
-        """The per-layer edge features [B, out, in, k_max] of a graph batch laid out as the chain
-        this model was built for, or ``None`` if its graphs are anything else."""
-        t = chain_template(self.chain_shapes)
-        n, e = int(t["num_nodes"]), t["edge_index"].shape[1]
-        x, ei, ea = graph.x, graph.edge_index, graph.edge_attr
-        if x.shape[0] % n or ei.shape != (2, x.shape[0] // n * e) or ea.shape[0] != ei.shape[1]:
-            return None
-        bsz = x.shape[0] // n
-        key = (bsz, ei.device)
-        want = self._index_cache.get(key)
-        if want is None:
-            want = batched_edge_index(t, bsz, ei.device)
-            if len(self._index_cache) >= 4:
-                self._index_cache.pop(next(iter(self._index_cache)))
-            self._index_cache[key] = want
-        if ei.dtype != want.dtype or not torch.equal(ei, want):
-            return None
-        edges = ea.reshape(bsz, e, ea.shape[1])
-        blocks, e0 = [], 0
-        for out, inp, _ in self.chain_shapes:
-            blocks.append(edges[:, e0 : e0 + out * inp].view(bsz, out, inp, ea.shape[1]))
-            e0 += out * inp
-        return blocks
 
-    def forward(self, graph: Data | Mapping[str, Sequence[torch.Tensor]]) -> torch.Tensor:
-        dense = all(supports(c) for c in self.convs)
-        if isinstance(graph, Mapping):
-            if dense:
-                return self._forward_chain(list(graph["weights"]), list(graph["biases"]))
-            graph = chain_batch_to_graph(graph)
-        x, ea = graph.x, graph.edge_attr
-        if x.shape[1] != self.node_dim or ea.shape[1] != self.edge_dim:
-            raise ValueError(
-                f"NWPA built for node_dim={self.node_dim}, edge_dim={self.edge_dim}; "
-                f"the graph has {x.shape[1]} and {ea.shape[1]}"
-            )
-        if int(graph.layer.max()) > self.depth:
-            raise ValueError(
-                f"NWPA built for chains of {self.depth} layers; the graph has {int(graph.layer.max())}"
-            )
-        batch = getattr(graph, "batch", None)
-        if batch is None:
-            batch = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        size = int(graph.num_graphs) if hasattr(graph, "num_graphs") else int(batch.max()) + 1
-        h = self.node_in(x) + self.layer_emb(graph.layer) + self.kind_emb(graph.node_kind)
-        blocks = self._dense_blocks(graph) if dense else None
-        if blocks is not None:
-            return self._run(h, batch, size, blocks=blocks)
-        return self._run(h, batch, size, edges=(graph.edge_index, ea))
+def _batch_vector(graph: Data) -> tuple[torch.Tensor, int]:
+    batch = getattr(graph, "batch", None)
+    if batch is None:
+        return torch.zeros(graph.num_nodes, dtype=torch.long, device=graph.x.device), 1
+    return batch, int(graph.num_graphs)
 
-    def _forward_chain(
-        self, weights: list[torch.Tensor], biases: list[torch.Tensor]
-    ) -> torch.Tensor:
-        """A batched chain straight to the block-wise layers (no edge list is built)."""
-        check_chain_batch(weights, biases)
-        k_max = max(int(w.shape[3]) for w in weights)
-        if k_max != self.edge_dim:
-            raise ValueError(
-                f"NWPA built for node_dim={self.node_dim}, edge_dim={self.edge_dim}; "
-                f"the graph has {self.node_dim} and {k_max}"
-            )
-        if len(weights) > self.depth:
-            raise ValueError(
-                f"NWPA built for chains of {self.depth} layers; the graph has {len(weights)}"
-            )
-        bsz = weights[0].shape[0]
-        x = chain_node_features(weights, biases)
-        n = x.shape[1]
-        t = chain_template([w.shape[1:] for w in weights])
-        layer = t["layer"].to(x.device).repeat(bsz)
-        kind = t["node_kind"].to(x.device).repeat(bsz)
-        batch = torch.arange(bsz, device=x.device).repeat_interleave(n)
-        h = self.node_in(x.reshape(bsz * n, -1)) + self.layer_emb(layer) + self.kind_emb(kind)
-        return self._run(h, batch, bsz, blocks=weights)
 
-    def _run(
-        self,
-        h: torch.Tensor,
-        batch: torch.Tensor,
-        size: int,
-        blocks: list[torch.Tensor] | None = None,
-        edges: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Message passing from the initial node states, then pooling and readout."""
-        if blocks is not None:
-            bsz = blocks[0].shape[0]
+def output_states(
+    h: torch.Tensor, kind: torch.Tensor, batch: torch.Tensor, size: int, n: int
+) -> torch.Tensor:
+    """[B, n, hidden]: each graph's output-neuron states in order, zero-padded to ``n``.
 
-            def conv_fn(conv: GATv2Conv, h: torch.Tensor) -> torch.Tensor:
-                return gatv2_chain(conv, h.view(bsz, -1, h.shape[1]), blocks).flatten(0, 1)
-        else:
-            assert edges is not None
-            ei, ea = edges
-            ones, zeros = ea.new_ones(ea.shape[0], 1), ea.new_zeros(ea.shape[0], 1)
-            edge_index = torch.cat([ei, ei.flip(0)], dim=1)
-            edge_attr = torch.cat([torch.cat([ea, zeros], 1), torch.cat([ea, ones], 1)], dim=0)
-
-            def conv_fn(conv: GATv2Conv, h: torch.Tensor) -> torch.Tensor:
-                return conv(h, edge_index, edge_attr)
-
-        for conv, norm in zip(self.convs, self.norms):
-            h = norm(h + self.dropout(self.act(conv_fn(conv, h))))
-        return self.readout(self._pool(h, batch, size))
+    Raises:
+        ValueError: A graph has more than ``n`` output neurons.
+    """
+    idx = (kind == NODE_OUTPUT).nonzero().squeeze(1)
+    owner = batch[idx]
+    counts = torch.bincount(owner, minlength=size)
+    if idx.numel() and int(counts.max()) > n:
+        raise ValueError(f"a graph has {int(counts.max())} output neurons; this encoder reads {n}")
+    rank = torch.arange(idx.numel(), device=h.device) - (counts.cumsum(0) - counts)[owner]
+    out = h.new_zeros(size, n, h.shape[1])
+    out[owner, rank] = h[idx]
+    return out

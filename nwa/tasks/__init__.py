@@ -18,12 +18,16 @@ class Targets:
     """What a data module asks a model to predict.
 
     Attributes:
-        kind: ``multilabel``, ``multiclass`` or ``regression``.
-        names: Class names (classification) or property names (regression).
+        kind: ``multilabel``, ``multiclass``, ``regression`` or ``multitask``.
+        names: Class names (classification), property names (regression) or label names
+            (multitask).
+        labels: ``multitask``: each label's own targets (``multiclass`` with its class names,
+            or ``regression`` with the label's name), in the order of ``names``.
     """
 
     kind: str
     names: tuple[str, ...] = field(default_factory=tuple)
+    labels: tuple[Targets, ...] = field(default_factory=tuple)
 
     @property
     def n(self) -> int:
@@ -216,6 +220,10 @@ TASKS = {t.kind: t for t in (MultiLabel, MultiClass, Regression)}
 
 def task_for(in_dim: int, targets: Targets, hidden: int | None = None) -> Task:
     """The default task for the data's targets."""
+    if targets.kind == "multitask":
+        from nwa.tasks.multitask import MultiTask
+
+        return MultiTask(in_dim, targets, hidden)
     return TASKS[targets.kind](in_dim, targets, hidden)
 
 

@@ -178,6 +178,23 @@ def from_shapes(value: object, field: str) -> object:
 
 
 @dataclass(frozen=True)
+class GraphShapes:
+    """What a graph encoder needs to know of the neural graphs it will see (:mod:`nwa.weights.graph`).
+
+    Attributes:
+        node_dim: Width of the node features.
+        edge_dim: Largest kernel vector ``k`` of any edge.
+        depth: Largest node ``layer`` (a group's depth).
+        outputs: Largest number of output neurons.
+    """
+
+    node_dim: int
+    edge_dim: int = 1
+    depth: int = 1
+    outputs: int = 0
+
+
+@dataclass(frozen=True)
 class WeightShapes:
     """Every shape a metanetwork may need, derived from the data (never typed into a config).
 
@@ -185,10 +202,13 @@ class WeightShapes:
         layers: 2-D shape (d_H, d_W) of each selected layer (``matrix`` input).
         flat_dim: Length of the flattened selected weights (``flat`` input).
         stats_dim: Number of features of the ``stats`` (StatNN) or ``spectral`` input.
-        chain: (out, in, kernel) of each layer of the ``chain``/``graph`` input.
+        chain: (out, in, kernel) of each layer of the ``chain`` input.
+        graph: What graph encoders need of the ``graph`` input
+            (:class:`GraphShapes`).
     """
 
     layers: dict[str, tuple[int, int]]
     flat_dim: int = 0
     stats_dim: int = 0
     chain: tuple[tuple[int, int, int], ...] = ()
+    graph: GraphShapes | None = None

@@ -5,15 +5,22 @@ global pooling), reordering the output neurons of a hidden layer ``l`` by a perm
 ``W_l <- P W_l``, ``b_l <- P b_l``, ``W_{l+1} <- W_{l+1} P^T`` (rows of layer ``l``, columns of
 layer ``l + 1``), leaves the function unchanged. The first layer's inputs and the last layer's
 outputs are never permuted.
+
+Whole networks (residual connections, attention) are permuted through their graph plan
+(:mod:`nwa.weights.graph`): :func:`random_network_permutation` and :func:`permute_network`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from nwa.errors import ShapeMismatchError
+
+if TYPE_CHECKING:
+    from nwa.weights.graph import GraphPlan, Ref
 
 
 def permute_chain(
@@ -143,3 +150,88 @@ def random_permute_state_dict(
     """Data augmentation: :func:`permute_state_dict` with random hidden permutations."""
     perms = random_hidden_permutations([state[n] for n in layers], generator=generator)
     return permute_state_dict(state, layers, perms, per_neuron=per_neuron)
+
+
+def tied_groups(plan: GraphPlan) -> list[list[int]]:
+    """The plan's groups in classes that must be permuted together (joined by identity edges:
+    residual connections, query-key pairs), each class the groups of one hidden symmetry; groups
+    in a class with a positional group (inputs, outputs) or a head group are fixed."""
+    from nwa.weights.graph import DIAG, NODE_HEAD
+
+    parent = list(range(len(plan.groups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for b in plan.blocks:
+        if b.pattern == DIAG:
+            parent[root(b.src)] = root(b.dst)
+    classes: dict[int, list[int]] = {}
+    for i in range(len(plan.groups)):
+        classes.setdefault(root(i), []).append(i)
+    fixed = lambda g: g.positional or g.kind == NODE_HEAD  # noqa: E731
+    return [c for c in classes.values() if not any(fixed(plan.groups[i]) for i in c)]
+
+
+def random_network_permutation(
+    plan: GraphPlan, generator: torch.Generator | None = None
+) -> dict[int, torch.Tensor]:
+    """A random hidden-neuron permutation of a network: group index -> permutation (new neuron
+    ``j`` is old neuron ``perm[j]``); tied groups share one, and groups with a ``chunk`` (the
+    channels of attention heads) are permuted within each chunk."""
+    perms: dict[int, torch.Tensor] = {}
+    for cls in tied_groups(plan):
+        size = plan.groups[cls[0]].size
+        chunk = min((plan.groups[i].chunk or size) for i in cls)
+        perm = torch.cat(
+            [torch.randperm(chunk, generator=generator) + c for c in range(0, size, chunk)]
+        )
+        perms.update(dict.fromkeys(cls, perm))
+    return perms
+
+
+def permute_network(
+    tensors: Mapping[str, torch.Tensor], plan: GraphPlan, perms: Mapping[int, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Apply hidden-neuron permutations (group index -> permutation) to a network's tensors as
+    the plan reads them: each layer's rows for its output group, its columns for its input
+    group, and every per-neuron vector (biases, norms, class token, position embedding)."""
+    from nwa.weights.graph import DENSE
+
+    out = dict(tensors)
+    done: set[tuple[str, int, int | None]] = set()
+    for gi, g in enumerate(plan.groups):
+        if gi not in perms:
+            continue
+        for _, ref in g.features:
+            key = (ref.name, ref.start, ref.stop)
+            if key not in done:
+                done.add(key)
+                out[ref.name] = _permute_channels(out[ref.name], ref, perms[gi])
+    for b in plan.blocks:
+        if b.pattern != DENSE or (b.src not in perms and b.dst not in perms):
+            continue
+        t = out[b.weight.name].clone()
+        part = t[b.weight.start : b.weight.stop]
+        rows = part.reshape(part.shape[0], plan.groups[b.src].size, -1)
+        if b.dst in perms:
+            rows = rows[perms[b.dst]]
+        if b.src in perms:
+            rows = rows[:, perms[b.src]]
+        t[b.weight.start : b.weight.stop] = rows.reshape(part.shape)
+        out[b.weight.name] = t
+    return out
+
+
+def _permute_channels(t: torch.Tensor, ref: Ref, perm: torch.Tensor) -> torch.Tensor:
+    """Permute the channels ``ref`` reads: dim 0 of a vector (within ``start:stop``), the last
+    dim of a per-token tensor (class token, position embedding)."""
+    t = t.clone()
+    if t.dim() == 1:
+        part = t[ref.start : ref.stop]
+        t[ref.start : ref.stop] = part[perm]
+        return t
+    return t[..., perm]
