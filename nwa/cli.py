@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -21,6 +22,7 @@ from lightning.pytorch.cli import (
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from nwa.errors import ConfigError, NwaError
+from nwa.metanets.inputs import check_input
 from nwa.outputs import (
     check_trainer_args,
     default_root,
@@ -137,6 +139,7 @@ class NwaCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         trainer = cfg.get("trainer", {})
+        check_pairing(cfg)
         if self.subcommand == "fit":
             _default_name_and_group(cfg)
             check_trainer_args(trainer)
@@ -190,6 +193,32 @@ def _default_name_and_group(cfg: Any) -> None:
         cfg["run_name"] = default_run_name([str(p) for p in cfg.get("config") or []])
     if cfg.get("group") is None:
         cfg["group"] = default_group(cfg.get("data"))
+
+
+def check_pairing(cfg: Any) -> None:
+    """Check ``data.init_args.input`` against the inputs the model class and its encoder declare
+    (:mod:`nwa.metanets.inputs`), before any zoo is opened."""
+    data_input = _get_path(cfg, "data", "init_args", "input")
+    if data_input is None:
+        return
+    model = cfg.get("model")
+    for node in (model, _get_path(cfg, "model", "init_args", "encoder")):
+        class_path = _get_path(node, "class_path") if node is not None else None
+        if isinstance(class_path, str):
+            module, _, name = class_path.rpartition(".")
+            try:
+                owner = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError, ValueError):
+                continue  # jsonargparse reports an unknown class itself
+            check_input(owner, data_input)
+
+
+def _get_path(cfg: Any, *keys: str) -> Any:
+    for key in keys:
+        if cfg is None or not hasattr(cfg, "get"):
+            return None
+        cfg = cfg.get(key)
+    return cfg
 
 
 def _one_line_errors(inner: Any) -> Any:

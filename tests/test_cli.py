@@ -359,3 +359,35 @@ def test_checkpointing_off_trains_says_it_cannot_resume_and_tests_final_weights(
     out = capsys.readouterr().out
     assert "nwa: checkpointing is off" in out and "cannot be resumed" in out
     assert "test/acc" in results[0] and not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize(
+    ("encoder", "init", "data_input", "names"),
+    [
+        ("nwa.metanets.ProbeX", None, "flat", ("ProbeX", "'matrix'", "'flat'")),
+        ("nwa.metanets.FlatMLP", {"hidden": [8]}, "graph", ("FlatMLP", "'flat'", "'graph'")),
+        ("nwa.metanets.NWPA", {"hidden": 8}, "stats", ("NWPA", "'graph' or 'chain'", "'stats'")),
+    ],
+)
+def test_encoder_input_mismatch_is_one_line_before_reading(
+    tmp_path, monkeypatch, capsys, encoder, init, data_input, names
+):
+    monkeypatch.chdir(tmp_path)
+    # the zoo does not exist: the pairing is checked before anything is read
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "no-zoo", encoder, init, input=data_input)
+    with pytest.raises(SystemExit) as e:
+        fit(["--config", str(cfg), "--trainer.fast_dev_run", "true", *csv(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "data.init_args.input" in err and all(n in err for n in names), err
+    assert "no-zoo" not in err and "Traceback" not in err
+
+
+def test_every_encoder_declares_its_inputs():
+    import nwa.metanets as metanets
+    from nwa.data.reading import INPUTS
+
+    for name in metanets.__all__:
+        obj = getattr(metanets, name)
+        if isinstance(obj, type):
+            assert obj.inputs and set(obj.inputs) <= set(INPUTS), name

@@ -327,7 +327,7 @@ def test_mixture_rejects_bad_router_layer_and_input_before_training(tmp_path, zo
     recipe = write_recipe(tmp_path, zoos[2], {"layers": "*weight", "input": "stats"}, MOTE)
     with pytest.raises(SystemExit):
         main("fit", ["--config", str(recipe)])
-    assert "data.input must be 'matrix' or 'flat'" in capsys.readouterr().err
+    assert "MixtureOfTreeExperts accepts data.input 'matrix' or 'flat'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
     recipe = write_recipe(tmp_path, zoos[2], {"layers": "*weight"}, MOTE)
     with pytest.raises(SystemExit):  # nothing to evaluate without training or a checkpoint
