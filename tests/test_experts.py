@@ -127,7 +127,7 @@ def write_recipe(
 
 
 MOTE = {
-    "class_path": "nwa.experts.MixtureOfTreeExperts",
+    "class_path": "nwa.lit.experts.MixtureOfTreeExperts",
     "init_args": {"encoder": {"class_path": "nwa.metanets.Dense", "init_args": {"dim": 8}}},
 }
 
@@ -289,7 +289,7 @@ def test_mixture_regression_fits_one_scaler_and_pca_per_tree(tmp_path, zoos):
     from nwa.cli import main
 
     model = {
-        "class_path": "nwa.experts.MixtureOfTreeExperts",
+        "class_path": "nwa.lit.experts.MixtureOfTreeExperts",
         "init_args": {
             "encoder": {"class_path": "nwa.metanets.PCAEncoder", "init_args": {"n_components": 3}},
             "router_layer": "conv2.weight",

@@ -58,7 +58,7 @@ class ModelZooDataModule(L.LightningDataModule):
         adapter: ``model_j``, ``model_j_lora`` or ``small_cnn_zoo`` for public layouts; ``None``
             detects the layout.
         adapter_options: Options of the adapter's reader, e.g. ``{step: last, seed: 0}`` for the
-            Small CNN Zoo (see :mod:`nwa.weights.adapters`).
+            Small CNN Zoo (see :mod:`nwa.zoo.adapters`).
         layers: Which tensors: an exact name, a glob, ``re:REGEX``, an index into the layout,
             ``largest`` (the largest tensor of two or more dimensions, the deepest among equals),
             ``matrices`` (every such tensor), or a list of these; ``None``: by ``input``.
@@ -463,6 +463,6 @@ def _open_zoo(zoo: str, adapter: str | None, options: dict[str, Any] | None) -> 
     path = zoo_path(zoo)
     if adapter is None and not options and (path / "zoo.json").is_file():
         return Zoo.open(path)
-    from nwa.weights.adapters import open_zoo
+    from nwa.zoo.adapters import open_zoo
 
     return open_zoo(path, adapter, **(options or {}))
