@@ -186,6 +186,7 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comple
     )
 
 
+@pytest.mark.slow
 def test_wandb_offline_by_default_and_test_command(chain_zoo, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
     r = run_cli(
@@ -240,6 +241,7 @@ def test_bad_recipe_fails_at_start_with_one_line(chain_zoo, tmp_path, override, 
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
+@pytest.mark.slow
 def test_unbuildable_graph_fails_at_start_with_one_line(tmp_path):
     zoo = write_mixed_zoo(tmp_path / "zoo")
     cfg = write_config(
@@ -253,6 +255,7 @@ def test_unbuildable_graph_fails_at_start_with_one_line(tmp_path):
     assert line.startswith("nwa: ") and ".safetensors" in line and "cuts a block" in line
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(chain_zoo, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
     args = [

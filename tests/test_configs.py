@@ -87,6 +87,7 @@ def test_bad_fragments_fail_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_recipe_runs_on_the_tiny_zoo(config, tiny_zoo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw = composed(config)
@@ -110,6 +111,7 @@ def test_recipe_runs_on_the_tiny_zoo(config, tiny_zoo, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_fragments_compose_with_a_recipe(fragment, tiny_zoo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = Path(__file__).resolve().parents[1] / "configs" / "probex_vision.yaml"

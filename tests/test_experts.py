@@ -171,6 +171,7 @@ def test_mixture_trains_through_the_cli_and_its_checkpoint_tests(tmp_path, zoos)
     assert float(tested["test/loss"]) == pytest.approx(last["test/loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_mixture_keeps_the_same_experts_on_two_ddp_processes(tmp_path, zoos):
     from tests.test_cli import run_cli
 
