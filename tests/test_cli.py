@@ -233,6 +233,7 @@ def test_wandb_offline_by_default_and_test_command(chain_zoo, tmp_path):
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_recipe_fails_at_start_with_one_line(chain_zoo, tmp_path, override, message):
     cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
     r = run_cli(["nwa.fit", "--config", str(cfg), *override], tmp_path)
@@ -313,6 +314,7 @@ def _read_only(folder: Path, command: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("where", ["NWA_RUNS", "default_root_dir"])
+@pytest.mark.slow
 def test_hostile_trainer_settings_end_with_one_line(chain_zoo, tmp_path, where):
     cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
     locked = tmp_path / "locked"
