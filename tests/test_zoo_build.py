@@ -256,6 +256,7 @@ def test_bad_config_files_give_one_line_cli_errors(
     assert not (tmp_path / "zoo").exists()
 
 
+@pytest.mark.slow
 def test_folder_of_another_config_is_refused(
     tiny_vision_zoo: Path, tiny_vision_config: dict
 ) -> None:
