@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from lightning.pytorch.cli import (
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from nwa.errors import ConfigError, NwaError
+from nwa.metanets.inputs import check_input
 from nwa.outputs import (
     check_trainer_args,
     default_root,
@@ -28,6 +31,7 @@ from nwa.outputs import (
     route_outputs,
     run_callbacks,
 )
+from nwa.recipes import KEY, expand_configs
 from nwa.resume import RunCheckpoint, RunPlan, global_rank, record_launch
 
 
@@ -87,7 +91,8 @@ class NwaCLI(LightningCLI):
     A fit writes everything into its run folder ``<default_root_dir>/<run_name>/<id>`` and
     resumes with ``--ckpt_path last`` (see :mod:`nwa.resume`)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fragments: Sequence[str] = (), **kwargs: Any) -> None:
+        self.fragments = [str(f) for f in fragments]
         kwargs.setdefault("save_config_callback", ConfigEverywhere)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"default_env": False})
@@ -103,6 +108,13 @@ class NwaCLI(LightningCLI):
             default=None,
             help="Run name: W&B name and the run folder <default_root_dir>/<run_name>/<id> "
             "(default: the recipe's file name); --ckpt_path last resumes the newest run of this name.",
+        )
+        parser.add_argument(
+            f"--{KEY}",
+            type=list[str] | None,
+            default=None,
+            help="The config fragments a recipe file is made of (paths relative to it), read "
+            "before it (nwa.recipes); set in recipes, not on the command line.",
         )
         parser.add_argument(
             "--group", type=str | None, default=None, help="W&B group, e.g. the zoo or experiment."
@@ -137,8 +149,11 @@ class NwaCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         trainer = cfg.get("trainer", {})
+        check_pairing(cfg)
+        # already expanded: a saved config.yaml must not list fragments relative to the recipe
+        cfg[KEY] = None
         if self.subcommand == "fit":
-            _default_name_and_group(cfg)
+            _default_name_and_group(cfg, self.fragments)
             check_trainer_args(trainer)
             if not trainer.get("fast_dev_run"):
                 self.plan = plan_launch(cfg)
@@ -178,7 +193,7 @@ class NwaCLI(LightningCLI):
         return trainer
 
 
-def _default_name_and_group(cfg: Any) -> None:
+def _default_name_and_group(cfg: Any, fragments: Sequence[str] = ()) -> None:
     """Name a run after its recipe and group it by zoo unless told otherwise (``nwa.runs``
     documents the scheme), so the saved config, the W&B run and the CSV folder all carry both."""
     from nwa.runs import default_group, default_run_name
@@ -187,9 +202,36 @@ def _default_name_and_group(cfg: Any) -> None:
     args = logger["init_args"] if isinstance(logger, dict) else getattr(logger, "init_args", None)
     # an explicit logger name (--trainer.logger.name) is the user's choice: keep it
     if cfg.get("run_name") is None and not (args and args.get("name")):
-        cfg["run_name"] = default_run_name([str(p) for p in cfg.get("config") or []])
+        recipes = [str(p) for p in cfg.get("config") or [] if str(p) not in fragments]
+        cfg["run_name"] = default_run_name(recipes)
     if cfg.get("group") is None:
         cfg["group"] = default_group(cfg.get("data"))
+
+
+def check_pairing(cfg: Any) -> None:
+    """Check ``data.init_args.input`` against the inputs the model class and its encoder declare
+    (:mod:`nwa.metanets.inputs`), before any zoo is opened."""
+    data_input = _get_path(cfg, "data", "init_args", "input")
+    if data_input is None:
+        return
+    model = cfg.get("model")
+    for node in (model, _get_path(cfg, "model", "init_args", "encoder")):
+        class_path = _get_path(node, "class_path") if node is not None else None
+        if isinstance(class_path, str):
+            module, _, name = class_path.rpartition(".")
+            try:
+                owner = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError, ValueError):
+                continue  # jsonargparse reports an unknown class itself
+            check_input(owner, data_input)
+
+
+def _get_path(cfg: Any, *keys: str) -> Any:
+    for key in keys:
+        if cfg is None or not hasattr(cfg, "get"):
+            return None
+        cfg = cfg.get(key)
+    return cfg
 
 
 def _one_line_errors(inner: Any) -> Any:
@@ -247,7 +289,12 @@ def main(subcommand: str, args: list[str] | None = None) -> Any:
     from nwa.data import ModelZooDataModule
     from nwa.lit import WeightModule  # noqa: F401 - importable short name for configs
 
-    argv = [subcommand, *(sys.argv[1:] if args is None else args)]
+    try:
+        args, fragments = expand_configs(sys.argv[1:] if args is None else args)
+    except NwaError as e:
+        print(f"nwa: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    argv = [subcommand, *args]
     # W&B writes an offline run's log every 15 s by default: a killed run would lose up to 15 s
     # of history that its resumed launch does not log again.
     os.environ.setdefault("WANDB_X_TRANSACTION_LOG_FLUSH_INTERVAL", "1")
@@ -267,6 +314,7 @@ def main(subcommand: str, args: list[str] | None = None) -> Any:
             subclass_mode_data=True,
             args=argv,
             auto_configure_optimizers=False,
+            fragments=fragments,
         )
     except NwaError as e:
         print(f"nwa: {e}", file=sys.stderr)

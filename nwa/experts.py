@@ -6,9 +6,8 @@ lie far apart, so a hierarchical (Ward) clustering of one layer's weights recove
 fits that clustering on training models and sends a new model to the nearest cluster centre;
 :class:`~nwa.lit.experts.MixtureOfTreeExperts` trains one expert per cluster.
 
-This module is pure torch/scipy/numpy; ``MixtureOfTreeExperts`` is importable from here too
-(``class_path: nwa.experts.MixtureOfTreeExperts``) but lives in :mod:`nwa.lit.experts`, so that
-using the router does not import Lightning.
+This module is pure torch/scipy/numpy, so using the router does not import Lightning; the
+LightningModule is ``class_path: nwa.lit.experts.MixtureOfTreeExperts``.
 """
 
 from __future__ import annotations
@@ -179,11 +178,3 @@ class TreeRouter(nn.Module):
         if saved is not None and saved.shape != self.centres.shape:
             self.centres = torch.empty_like(saved, device=self.centres.device)
         super()._load_from_state_dict(state_dict, prefix, *args)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "MixtureOfTreeExperts":  # lazily, so the router alone never imports Lightning
-        from nwa.lit.experts import MixtureOfTreeExperts
-
-        return MixtureOfTreeExperts
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,7 +50,7 @@ def is_zoo(path: Path) -> bool:
     """Whether a folder is a zoo (nwa's ``zoo.json`` or a layout an adapter detects)."""
     if not path.is_dir():
         return False  # decided without importing the zoo code (and pandas)
-    from nwa.weights.adapters import detect_adapter
+    from nwa.zoo.adapters import detect_adapter
     from nwa.zoo.manifest import META
 
     return (path / META).is_file() or detect_adapter(path) is not None
@@ -59,7 +59,7 @@ def is_zoo(path: Path) -> bool:
 def zoo_members(path: Path, keep: Callable[[Any], bool] | None = None) -> list[ModelRef]:
     """Every model of a zoo directory (those ``keep`` accepts, given the manifest table), in
     manifest order."""
-    from nwa.weights.adapters import open_zoo
+    from nwa.zoo.adapters import open_zoo
 
     zoo = open_zoo(path)
     table = zoo.table if keep is None else zoo.table[keep(zoo.table)]

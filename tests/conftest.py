@@ -6,6 +6,21 @@ from pathlib import Path
 
 import pytest
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu``-marked tests run only where CUDA is present; elsewhere they are skipped."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in gpu:
+        item.add_marker(skip)
+
+
 # --- zoo builder fixtures (tests/test_zoo_build.py) --------------------------------------------
 
 

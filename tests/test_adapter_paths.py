@@ -11,9 +11,9 @@ import torch
 from huggingface_hub import constants
 
 from nwa.errors import NwaError, ZooError
-from nwa.weights.adapters.model_j import open_model_j
-from nwa.weights.adapters.model_j_lora import open_model_j_lora
-from nwa.weights.adapters.small_cnn_zoo import open_small_cnn_zoo
+from nwa.zoo.adapters.model_j import open_model_j
+from nwa.zoo.adapters.model_j_lora import open_model_j_lora
+from nwa.zoo.adapters.small_cnn_zoo import open_small_cnn_zoo
 from tests.hf_cache import cache_repo, safetensors_bytes
 from tests.test_adapters import _cnn_root, _hf_cache_model, _lora_root, _mj_weights
 

@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import save_file
 
 from nwa.errors import ConfigError, ZooError
-from nwa.weights.adapters import detect_adapter, open_zoo
-from nwa.weights.adapters.model_j import open_model_j
-from nwa.weights.adapters.model_j_lora import open_model_j_lora
-from nwa.weights.adapters.small_cnn_zoo import open_small_cnn_zoo
 from nwa.weights.io import LoraDelta, open_weights
+from nwa.zoo.adapters import detect_adapter, open_zoo
+from nwa.zoo.adapters.model_j import open_model_j
+from nwa.zoo.adapters.model_j_lora import open_model_j_lora
+from nwa.zoo.adapters.small_cnn_zoo import open_small_cnn_zoo
 from nwa.zoo.manifest import SPLITS, ZooMeta, ZooWriter
 from tests.zoo_factory import write_cnn_layout
 

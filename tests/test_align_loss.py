@@ -254,6 +254,7 @@ def _uneven(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.timeout(300)  # a collective that never completes must fail, not hang the suite
+@pytest.mark.slow
 def test_ddp_loss_and_gradients_equal_single_process(tmp_path):
     import torch.multiprocessing as mp
 

@@ -145,7 +145,10 @@ def test_boosted_trees_need_feature_inputs(tmp_path, zoo, capsys):
     recipe = write_recipe(tmp_path / "bad.yaml", zoo, {"input": "matrix"}, BOOSTED)
     with pytest.raises(SystemExit) as e:
         main("fit", ["--config", str(recipe)])
-    assert e.value.code == 2 and "needs data.input 'stats'" in capsys.readouterr().err
+    assert (
+        e.value.code == 2
+        and "BoostedTreesModule accepts data.input 'stats'" in capsys.readouterr().err
+    )
 
 
 def test_modules_built_in_python_record_their_arguments():

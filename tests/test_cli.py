@@ -186,6 +186,7 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comple
     )
 
 
+@pytest.mark.slow
 def test_wandb_offline_by_default_and_test_command(chain_zoo, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
     r = run_cli(
@@ -232,6 +233,7 @@ def test_wandb_offline_by_default_and_test_command(chain_zoo, tmp_path):
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_recipe_fails_at_start_with_one_line(chain_zoo, tmp_path, override, message):
     cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
     r = run_cli(["nwa.fit", "--config", str(cfg), *override], tmp_path)
@@ -240,6 +242,7 @@ def test_bad_recipe_fails_at_start_with_one_line(chain_zoo, tmp_path, override, 
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
+@pytest.mark.slow
 def test_unbuildable_graph_fails_at_start_with_one_line(tmp_path):
     zoo = write_mixed_zoo(tmp_path / "zoo")
     cfg = write_config(
@@ -253,6 +256,7 @@ def test_unbuildable_graph_fails_at_start_with_one_line(tmp_path):
     assert line.startswith("nwa: ") and ".safetensors" in line and "cuts a block" in line
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(chain_zoo, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
     args = [
@@ -310,6 +314,7 @@ def _read_only(folder: Path, command: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("where", ["NWA_RUNS", "default_root_dir"])
+@pytest.mark.slow
 def test_hostile_trainer_settings_end_with_one_line(chain_zoo, tmp_path, where):
     cfg = write_config(tmp_path / "c.yaml", chain_zoo.root)
     locked = tmp_path / "locked"
@@ -359,3 +364,35 @@ def test_checkpointing_off_trains_says_it_cannot_resume_and_tests_final_weights(
     out = capsys.readouterr().out
     assert "nwa: checkpointing is off" in out and "cannot be resumed" in out
     assert "test/acc" in results[0] and not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize(
+    ("encoder", "init", "data_input", "names"),
+    [
+        ("nwa.metanets.ProbeX", None, "flat", ("ProbeX", "'matrix'", "'flat'")),
+        ("nwa.metanets.FlatMLP", {"hidden": [8]}, "graph", ("FlatMLP", "'flat'", "'graph'")),
+        ("nwa.metanets.NWPA", {"hidden": 8}, "stats", ("NWPA", "'graph' or 'chain'", "'stats'")),
+    ],
+)
+def test_encoder_input_mismatch_is_one_line_before_reading(
+    tmp_path, monkeypatch, capsys, encoder, init, data_input, names
+):
+    monkeypatch.chdir(tmp_path)
+    # the zoo does not exist: the pairing is checked before anything is read
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "no-zoo", encoder, init, input=data_input)
+    with pytest.raises(SystemExit) as e:
+        fit(["--config", str(cfg), "--trainer.fast_dev_run", "true", *csv(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "data.init_args.input" in err and all(n in err for n in names), err
+    assert "no-zoo" not in err and "Traceback" not in err
+
+
+def test_every_encoder_declares_its_inputs():
+    import nwa.metanets as metanets
+    from nwa.data.reading import INPUTS
+
+    for name in metanets.__all__:
+        obj = getattr(metanets, name)
+        if isinstance(obj, type):
+            assert obj.inputs and set(obj.inputs) <= set(INPUTS), name

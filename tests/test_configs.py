@@ -8,9 +8,29 @@ import pytest
 import yaml
 
 from nwa.fit import run as fit
+from nwa.recipes import KEY, fragments_of
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-FRAGMENTS = sorted((Path(__file__).resolve().parents[1] / "configs" / "shared").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(ROOT.glob("*.yaml"))
+FRAGMENTS = sorted([*(ROOT / "shared").glob("*.yaml"), *(ROOT / "logger").glob("*.yaml")])
+PARTS = ("data", "model", "trainer", "logger", "shared")
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if both else value
+    return out
+
+
+def composed(config: Path) -> dict:
+    """A recipe as its fragments and itself give it, later files winning (a plain deep merge)."""
+    raw: dict = {}
+    for path in [*fragments_of(config), config]:
+        raw = merge(raw, yaml.safe_load(path.read_text()) or {})
+    raw.pop(KEY, None)
+    return raw
 
 
 def test_there_is_a_recipe_per_method():
@@ -30,9 +50,47 @@ def test_there_is_a_recipe_per_method():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_recipe_is_a_short_list_of_fragments(config):
+    raw = yaml.safe_load(config.read_text())
+    listed = raw[KEY]
+    assert all(p.split("/")[0] in PARTS for p in listed), listed
+    assert {p.split("/")[0] for p in listed} >= {"data", "model", "trainer"}, listed
+    lines = [line for line in config.read_text().splitlines() if not line.lstrip().startswith("#")]
+    assert len(lines) <= 15, f"{config.name}: {len(lines)} lines besides comments"
+
+
+def test_every_fragment_is_used_or_composes():
+    used = {p.resolve() for c in CONFIGS for p in fragments_of(c)}
+    for part in PARTS:
+        for path in (ROOT / part).glob("*.yaml"):
+            assert path.resolve() in used or path in FRAGMENTS, f"{path} is used by no recipe"
+
+
+def test_bad_fragments_fail_in_one_line(tmp_path, capsys):
+    from nwa.cli import main
+
+    cases = {
+        "missing.yaml": ("fragments: [data/none.yaml]\n", "fragment 'data/none.yaml' not found"),
+        "a.yaml": ("fragments: [b.yaml]\n", "fragments include each other (a.yaml -> b.yaml"),
+        "b.yaml": ("fragments: [a.yaml]\n", None),
+        "bad.yaml": ("fragments: data/vision.yaml\n", "fragments must be a list of file paths"),
+    }
+    for name, (text, _) in cases.items():
+        (tmp_path / name).write_text(text)
+    for name, (_, message) in cases.items():
+        if message is None:
+            continue
+        with pytest.raises(SystemExit) as e:
+            main("fit", ["--config", str(tmp_path / name)])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_recipe_runs_on_the_tiny_zoo(config, tiny_zoo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    raw = yaml.safe_load(config.read_text())
+    raw = composed(config)
     assert raw["data"]["init_args"]["zoo"] in ("default_vision", "default_lora"), (
         "recipes name an embedded zoo"
     )
@@ -53,6 +111,7 @@ def test_recipe_runs_on_the_tiny_zoo(config, tiny_zoo, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_fragments_compose_with_a_recipe(fragment, tiny_zoo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = Path(__file__).resolve().parents[1] / "configs" / "probex_vision.yaml"
@@ -104,7 +163,7 @@ def test_recipe_runs_on_a_small_cnn_zoo_by_its_zoo_field(
     """A foreign zoo (the Small CNN Zoo's public layout, NaN rows included) needs the zoo field
     and the labels it lacks, nothing else: no tree, architecture or layer override."""
     monkeypatch.chdir(tmp_path)
-    raw = yaml.safe_load(config.read_text())
+    raw = composed(config)
     cli, results = fit(
         [
             *("--config", str(config)),

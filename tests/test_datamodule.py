@@ -20,6 +20,7 @@ from nwa.errors import (
 from nwa.weights import io as wio
 from nwa.weights.graph import NODE_DIM, edge_list
 from nwa.weights.spec import GraphShapes
+from nwa.zoo.manifest import ZooMeta, ZooWriter
 from tests.zoo_factory import write_chain_zoo, write_mixed_zoo
 
 
@@ -439,7 +440,9 @@ def test_labels_the_zoo_lacks_and_categorical_targets(cnn_zoo):
     message = str(e.value)
     assert "no label 'robustness'" in message and "\n" not in message
     assert "'test_acc'" in message and "categorical labels ['activation'" in message
-    with pytest.raises(ConfigError, match="target 'classes' needs training classes; the selected"):
+    with pytest.raises(
+        ConfigError, match="label 'classes' is empty for every selected model; the selected"
+    ):
         ModelZooDataModule(str(cnn_zoo))
     dm = ModelZooDataModule(str(cnn_zoo), target="activation")
     assert dm.class_names == ["relu", "tanh"] and dm.targets.kind == "multiclass"
@@ -517,4 +520,65 @@ def test_unbuildable_graph_names_the_file(tmp_path):
     with pytest.raises(GraphBuildError, match="more than the limit"):
         ModelZooDataModule(
             str(zoo.root), layers="*", input="graph", arch="vit", graph_max_edges=100
+        )
+
+
+@pytest.fixture(scope="module")
+def labelled_zoo(tmp_path_factory):
+    """A zoo with labels nwa has no code for: a declared class label with integer values, a
+    multi-label label of names, an undeclared number and an undeclared name."""
+    from tests.zoo_factory import cnn_chain
+
+    root = tmp_path_factory.mktemp("labelled")
+    schema = {"width": "multiclass", "score": "regression"}
+    meta = ZooMeta(name="labelled", classes=["a", "b"], label_schema=schema)
+    writer = ZooWriter(root, meta)
+    gen = torch.Generator().manual_seed(0)
+    for m in range(12):
+        path = writer.save_weights(f"m{m}", cnn_chain(gen))
+        labels = {
+            "width": [8, 16, 32][m % 3],
+            "colours": [["red"], ["red", "blue"], ["green"]][m % 3],
+            "score": m / 10,
+            "quality": m * 1.5,
+            "optimizer": ["adam", "sgd"][m % 2],
+        }
+        split = ["train", "train", "val", "test"][m % 4]
+        writer.add(dict(id=f"m{m}", path=path, tree="t", arch="cnn", split=split, labels=labels))
+    return writer.finalize(expected=12)
+
+
+@pytest.mark.parametrize(
+    ("label", "kind", "names"),
+    [
+        ("width", "multiclass", ("16", "32", "8")),  # declared: integers as classes
+        ("colours", "multilabel", ("blue", "green", "red")),  # lists of names
+        ("score", "regression", ("score",)),  # declared
+        ("quality", "regression", ("quality",)),  # undeclared numbers
+        ("optimizer", "multiclass", ("adam", "sgd")),  # undeclared names
+    ],
+)
+def test_any_label_is_a_target_with_its_kind_from_the_schema(labelled_zoo, label, kind, names):
+    dm = ModelZooDataModule(str(labelled_zoo.root), layers="fc.weight", target=label)
+    assert dm.targets.kind == dm.task_type == kind and dm.targets.names == names
+    y = dm.encode_targets(dm.rows)
+    values = [lab[label] for lab in dm.rows["labels"]]
+    if kind == "multiclass":
+        assert [names[i] for i in y] == [str(v) for v in values]
+    elif kind == "multilabel":
+        assert [{names[i] for i in row.nonzero().flatten()} for row in y] == [
+            set(v) for v in values
+        ]
+    else:
+        assert y.shape == (len(values), 1) and y[:, 0].tolist() == pytest.approx(values)
+
+
+def test_labels_target_mixes_kinds_and_refuses_multilabel(labelled_zoo):
+    dm = ModelZooDataModule(
+        str(labelled_zoo.root), layers="fc.weight", target="labels", properties=["width", "score"]
+    )
+    assert [t.kind for t in dm.targets.labels] == ["multiclass", "regression"]
+    with pytest.raises(ConfigError, match="label 'colours' is multi-label; target 'labels'"):
+        ModelZooDataModule(
+            str(labelled_zoo.root), layers="fc.weight", target="labels", properties=["colours"]
         )

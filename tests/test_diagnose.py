@@ -107,6 +107,7 @@ def test_lora_file_and_zoo_members(tmp_path):
     assert int(rows["base.q"]["num_pl_spikes"]) <= 4
 
 
+@pytest.mark.slow
 def test_a_zoo_directory_is_all_its_members(tiny_zoo, tmp_path):
     out = tmp_path / "zoo.csv"
     summaries = run([str(tiny_zoo), "--summary_out", str(out), "--quiet"])

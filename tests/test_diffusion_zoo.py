@@ -156,6 +156,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"recipe": recipe, "jobs": jobs, "zoo": Zoo.open(out), "root": root, "info": info}
 
 
+@pytest.mark.slow
 def test_root_is_a_full_unet(built: dict[str, Any]) -> None:
     recipe, info, root = built["recipe"], built["info"], built["root"]
     unet = build_unet(info["unet_config"])
@@ -165,6 +166,7 @@ def test_root_is_a_full_unet(built: dict[str, Any]) -> None:
     assert "CrossAttnDownBlock2D" not in info["unet_config"]["down_block_types"][0]  # 16 px: none
 
 
+@pytest.mark.slow
 def test_members_open_as_lora_deltas(built: dict[str, Any]) -> None:
     zoo, recipe = built["zoo"], built["recipe"]
     assert len(zoo) == 2 and set(zoo.table["arch"]) == {ARCH}
@@ -188,6 +190,7 @@ def test_members_open_as_lora_deltas(built: dict[str, Any]) -> None:
             assert any(src.info(n).shape[1] == 384 for n in src.names())  # text-side to_k / to_v
 
 
+@pytest.mark.slow
 def test_saved_file_follows_diffusers_peft_naming(built: dict[str, Any]) -> None:
     zoo = built["zoo"]
     row = zoo.table.iloc[0]
@@ -203,6 +206,7 @@ def test_saved_file_follows_diffusers_peft_naming(built: dict[str, Any]) -> None
     assert sorted(layout) == sorted(keys) and meta["nwa.concept"] == row["concept"]
 
 
+@pytest.mark.slow
 def test_diffusers_loads_the_saved_lora(built: dict[str, Any]) -> None:
     from peft import get_peft_model_state_dict
 
@@ -218,6 +222,7 @@ def test_diffusers_loads_the_saved_lora(built: dict[str, Any]) -> None:
             assert torch.equal(value, f.get_tensor(f"unet.{key}"))
 
 
+@pytest.mark.slow
 def test_run_is_deterministic_given_the_seed(built: dict[str, Any], tmp_path: Path) -> None:
     recipe, zoo = built["recipe"], built["zoo"]
     row = zoo.table.iloc[0]

@@ -127,7 +127,7 @@ def write_recipe(
 
 
 MOTE = {
-    "class_path": "nwa.experts.MixtureOfTreeExperts",
+    "class_path": "nwa.lit.experts.MixtureOfTreeExperts",
     "init_args": {"encoder": {"class_path": "nwa.metanets.Dense", "init_args": {"dim": 8}}},
 }
 
@@ -171,6 +171,7 @@ def test_mixture_trains_through_the_cli_and_its_checkpoint_tests(tmp_path, zoos)
     assert float(tested["test/loss"]) == pytest.approx(last["test/loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_mixture_keeps_the_same_experts_on_two_ddp_processes(tmp_path, zoos):
     from tests.test_cli import run_cli
 
@@ -289,7 +290,7 @@ def test_mixture_regression_fits_one_scaler_and_pca_per_tree(tmp_path, zoos):
     from nwa.cli import main
 
     model = {
-        "class_path": "nwa.experts.MixtureOfTreeExperts",
+        "class_path": "nwa.lit.experts.MixtureOfTreeExperts",
         "init_args": {
             "encoder": {"class_path": "nwa.metanets.PCAEncoder", "init_args": {"n_components": 3}},
             "router_layer": "conv2.weight",
@@ -327,7 +328,7 @@ def test_mixture_rejects_bad_router_layer_and_input_before_training(tmp_path, zo
     recipe = write_recipe(tmp_path, zoos[2], {"layers": "*weight", "input": "stats"}, MOTE)
     with pytest.raises(SystemExit):
         main("fit", ["--config", str(recipe)])
-    assert "data.input must be 'matrix' or 'flat'" in capsys.readouterr().err
+    assert "MixtureOfTreeExperts accepts data.input 'matrix' or 'flat'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
     recipe = write_recipe(tmp_path, zoos[2], {"layers": "*weight"}, MOTE)
     with pytest.raises(SystemExit):  # nothing to evaluate without training or a checkpoint

@@ -37,7 +37,12 @@ def _encoders(shapes):
     }
 
 
-@pytest.mark.parametrize("name", sorted(NETWORKS))
+HEAVY = {"resnet_bottleneck"}  # over 10 s on 2 cores: run with the slow tests
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in sorted(NETWORKS)]
+)
 def test_invariance_to_hidden_permutations_of_whole_networks(name):
     """Residual streams, downsample shortcuts, attention heads, flatten layers: every hidden
     symmetry of the network leaves every graph encoder's output unchanged (1e-5)."""

@@ -69,6 +69,7 @@ def test_notebooks_are_clean_and_import_the_library(name):
     assert "def " not in source and "class " not in source  # no library code in notebooks
 
 
+@pytest.mark.slow
 def test_quickstart_builds_the_zoo_trains_and_predicts(kernel_env):
     nb = execute("quickstart.ipynb", kernel_env)
     text = outputs(nb)
@@ -81,6 +82,7 @@ def test_quickstart_builds_the_zoo_trains_and_predicts(kernel_env):
     assert (kernel_env / "nwa_home" / "zoos").is_dir()
 
 
+@pytest.mark.slow
 def test_analysis_trains_two_runs_and_compares_them(kernel_env):
     nb = execute("analysis.ipynb", kernel_env)
     text = outputs(nb)

@@ -201,6 +201,7 @@ def test_agrees_with_weightwatcher():
         assert mine["num_pl_spikes"] == row["num_pl_spikes"]
 
 
+@pytest.mark.slow
 def test_spectral_input_of_the_data_module(tiny_zoo):
     from nwa.data import ModelZooDataModule
     from nwa.data.reading import read_layers

@@ -83,6 +83,7 @@ def _trainings(out: Path) -> Counter:
     return Counter(r["id"] for r in map(json.loads, lines) if "id" in r)
 
 
+@pytest.mark.slow
 def test_tiny_zoo_opens_with_labels_and_roots(
     tiny_vision_zoo: Path, tiny_vision_config: dict
 ) -> None:
@@ -110,6 +111,7 @@ def test_tiny_zoo_opens_with_labels_and_roots(
     assert zoo.meta.label_schema["classes"] == "multilabel"
 
 
+@pytest.mark.slow
 def test_members_sit_closer_to_their_own_root(tiny_vision_zoo: Path) -> None:
     dist = root_distances(Zoo.open(tiny_vision_zoo))
     assert set(dist) == {"vision/resnet_micro", "vision/vit_micro", "forest/resnet_micro"}
@@ -118,6 +120,7 @@ def test_members_sit_closer_to_their_own_root(tiny_vision_zoo: Path) -> None:
         assert group["closer_to_own"] == 1.0
 
 
+@pytest.mark.slow
 def test_info_cli(tiny_vision_zoo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", str(tiny_vision_zoo)]) == 0
     out = capsys.readouterr().out
@@ -137,6 +140,7 @@ def test_info_cli(tiny_vision_zoo: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert describe(Zoo.open(tiny_vision_zoo), distances=False)["accuracy"]["test_acc"]["max"] <= 1
 
 
+@pytest.mark.slow
 def test_ensure_zoo_reuses_the_cache(tiny_vision_zoo: Path, tiny_vision_config: dict) -> None:
     home = tiny_vision_zoo.parents[1]
     assert tiny_vision_zoo == zoo_dir(load_config(tiny_vision_config), home)
@@ -183,6 +187,7 @@ def test_killed_shard_of_tiny_matches_the_two_worker_build(tiny_zoo: Path, tmp_p
     assert mine == {k: v for k, v in file_hashes(tiny_zoo).items() if k in mine}
 
 
+@pytest.mark.slow
 def test_shards_then_merge_equal_the_full_build(
     tiny_vision_zoo: Path, tiny_vision_config: dict, tmp_path: Path
 ) -> None:
@@ -251,6 +256,7 @@ def test_bad_config_files_give_one_line_cli_errors(
     assert not (tmp_path / "zoo").exists()
 
 
+@pytest.mark.slow
 def test_folder_of_another_config_is_refused(
     tiny_vision_zoo: Path, tiny_vision_config: dict
 ) -> None:
@@ -295,6 +301,7 @@ def test_splits_within_each_tree() -> None:
     assert Counter(j.split for j in by_arch) == {"train": 18, "val": 6, "test": 6}
 
 
+@pytest.mark.slow
 def test_datamodule_opens_the_built_zoo(tiny_vision_zoo: Path) -> None:
     from nwa.data.module import ModelZooDataModule
 

@@ -33,6 +33,7 @@ def offline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     datasets._load.cache_clear()
 
 
+@pytest.mark.slow
 def test_shapes_are_the_same_however_they_are_read() -> None:
     data = datasets.load_source("shapes")
     assert data.shape == (3, 28, 28) and len(data.train_y) == 25000 and len(data.test_y) == 5000

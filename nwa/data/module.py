@@ -15,7 +15,6 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from nwa.data.dataset import CollatedItems, WeightDataset
-from nwa.data.labels import encode_labels, label_targets
 from nwa.data.reading import (
     BATCHED_INPUTS,
     INPUTS,
@@ -58,7 +57,7 @@ class ModelZooDataModule(L.LightningDataModule):
         adapter: ``model_j``, ``model_j_lora`` or ``small_cnn_zoo`` for public layouts; ``None``
             detects the layout.
         adapter_options: Options of the adapter's reader, e.g. ``{step: last, seed: 0}`` for the
-            Small CNN Zoo (see :mod:`nwa.weights.adapters`).
+            Small CNN Zoo (see :mod:`nwa.zoo.adapters`).
         layers: Which tensors: an exact name, a glob, ``re:REGEX``, an index into the layout,
             ``largest`` (the largest tensor of two or more dimensions, the deepest among equals),
             ``matrices`` (every such tensor), or a list of these; ``None``: by ``input``.
@@ -66,11 +65,12 @@ class ModelZooDataModule(L.LightningDataModule):
             (one vector), ``stats`` (StatNN features), ``spectral`` (WeightWatcher-style
             spectral features of each selected 2-D+ weight, computed on the raw weights),
             ``graph`` (neural graph), ``chain`` (per-layer weights and biases, for neuron tokens).
-        target: ``classes`` (multi-label training classes), ``properties`` (regression),
-            ``labels`` (several labels at once, one head each: each of ``properties`` is a class
-            label or a value, as the zoo's label schema declares or its values show), or a
-            categorical label to classify: ``concept``, ``tree``, ``arch``, or any label or
-            hyperparameter the models record (e.g. ``activation`` in the Small CNN Zoo).
+        target: Any label of the zoo by name, predicted as the zoo's label schema declares it
+            (:mod:`nwa.data.targets`): ``classes`` (multi-label training classes), ``concept``,
+            ``tree``, ``arch``, ``test_acc``, or any label or hyperparameter the models record
+            (e.g. ``activation`` in the Small CNN Zoo); or ``properties`` (one regression over
+            the numeric labels in ``properties``) or ``labels`` (one head per label in
+            ``properties``, each a class label or a value).
         properties: Regression targets for ``target: properties`` (models without a value are
             left out, with a warning); the labels of ``target: labels``.
         trees: Keep only models whose tree matches one of these globs (``None``: every tree).
@@ -181,7 +181,8 @@ class ModelZooDataModule(L.LightningDataModule):
             BatchLayout(input, self.spec, self.layer_names) if input in BATCHED_INPUTS else None
         )
         self._memory = BatchMemory()
-        self.class_names = self._target.names(self.rows)
+        self.targets: Targets = self._target.targets(self.rows)
+        self.class_names = list(self.targets.names)
         self.normalizer = Normalizer.identity(self.spec.names)
         self._datasets: dict[str, WeightDataset] = {}
         self.epoch = 0  # the training epoch augmentations are drawn for (see set_epoch)
@@ -233,22 +234,13 @@ class ModelZooDataModule(L.LightningDataModule):
             self.graphs.shapes if self.graphs is not None else None,
         )
 
-    @property
-    def targets(self) -> Targets:
-        """What to predict, for the ``model.targets`` link."""
-        if self.target == "labels":
-            return label_targets(self.zoo, self.rows, self.properties)
-        return Targets(self.task_type, tuple(self.class_names))
-
     def train_targets(self) -> torch.Tensor:
         return self.dataset("train").targets
 
     @property
     def num_outputs(self) -> int:
         """Classes (or properties, for regression) the head predicts."""
-        if self.target in ("properties", "labels"):
-            return len(self.properties)
-        return len(self.class_names)
+        return len(self.targets.names)
 
     @property
     def task_type(self) -> str:
@@ -264,9 +256,7 @@ class ModelZooDataModule(L.LightningDataModule):
     def encode_targets(self, rows: pd.DataFrame) -> torch.Tensor:
         """The target tensor of each row: multi-hot, class index, property values, or one column
         per label (``labels``: class index or value)."""
-        if self.target == "labels":
-            return encode_labels(self.zoo, rows, self.targets)
-        return self._target.encode(rows, self.class_names)
+        return self._target.encode(rows, self.targets)
 
     def target_names(self, rows: pd.DataFrame) -> list[str]:
         """Each row's class name, for categorical targets (a LoRA's concept, say)."""
@@ -463,6 +453,6 @@ def _open_zoo(zoo: str, adapter: str | None, options: dict[str, Any] | None) -> 
     path = zoo_path(zoo)
     if adapter is None and not options and (path / "zoo.json").is_file():
         return Zoo.open(path)
-    from nwa.weights.adapters import open_zoo
+    from nwa.zoo.adapters import open_zoo
 
     return open_zoo(path, adapter, **(options or {}))

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from nwa.errors import ConfigError
-from nwa.weights.adapters.records import SPLIT_ALIASES
-from nwa.weights.adapters.small_cnn_zoo import assign_splits
+from nwa.zoo.adapters.records import SPLIT_ALIASES
+from nwa.zoo.adapters.small_cnn_zoo import assign_splits
 from nwa.zoo.manifest import SPLITS, Zoo
 
 AUTO_LAYERS: dict[str, str | list[str]] = {

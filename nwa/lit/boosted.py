@@ -11,6 +11,7 @@ from torch import nn
 from nwa.errors import ConfigError
 from nwa.lit import WeightModule
 from nwa.metanets import StatNNBoosted
+from nwa.metanets.inputs import check_input
 from nwa.tasks import Targets, task_for
 from nwa.weights.spec import WeightShapes
 
@@ -126,6 +127,8 @@ class BoostedTreesModule(WeightModule):
         - output: [B, n_outputs] in the task's output space
     """
 
+    inputs = StatNNBoosted.inputs
+    """The ``data.input`` families the trees read."""
     # gradient-training settings do not apply to fitted trees
     not_hparams = ("lr", "weight_decay", "head_hidden", "scheduler")
 
@@ -154,10 +157,8 @@ class BoostedTreesModule(WeightModule):
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self.trainer is not None else None
-        if dm is not None and getattr(dm, "input", "stats") not in ("stats", "spectral", "flat"):
-            raise ConfigError(
-                f"BoostedTreesModule needs data.input 'stats' (StatNN), 'spectral' or 'flat', got {dm.input!r}"
-            )
+        if dm is not None:
+            check_input(self, dm.input)
 
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule

@@ -12,6 +12,7 @@ from nwa import calibration
 from nwa.errors import ConfigError
 from nwa.experts import TreeRouter
 from nwa.lit import EncoderFactory, TaskFactory, WeightModule
+from nwa.metanets.inputs import check_input
 from nwa.tasks import Targets, Task, task_for
 from nwa.weights.spec import WeightShapes
 
@@ -76,6 +77,8 @@ class MixtureOfTreeExperts(WeightModule):
     """
 
     SELECTIONS = ("per_expert", "shared")
+    inputs = ("matrix", "flat")
+    """The router clusters raw weights: these ``data.input`` families hold them."""
 
     def __init__(
         self,
@@ -144,11 +147,8 @@ class MixtureOfTreeExperts(WeightModule):
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self.trainer is not None else None
-        if dm is not None and getattr(dm, "input", "matrix") not in ("matrix", "flat"):
-            raise ConfigError(
-                f"MixtureOfTreeExperts routes on raw weights: data.input must be 'matrix' or "
-                f"'flat', got {dm.input!r}"
-            )
+        if dm is not None:
+            check_input(self, dm.input)
         # The router is fitted with training, once; evaluation gets it (and the experts) from a
         # checkpoint, in on_load_checkpoint.
         if stage == "fit" and dm is not None and not len(self.experts):

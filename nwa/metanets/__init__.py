@@ -9,7 +9,9 @@ Families by input (what the DataModule yields):
   (:mod:`nwa.weights.graph`), or a chain ``{"weights": [[B, out, in, k]], "biases": [[B, out]]}``:
   :class:`NWPA`, :class:`WeightNet` (both invariant to hidden-neuron permutations).
 
-Every encoder exposes ``out_dim``; heads and losses live in :mod:`nwa.tasks`.
+Every encoder declares the inputs it reads (``inputs``; ``python -m nwa.fit`` checks
+``data.input`` against it before opening the zoo, :mod:`nwa.metanets.inputs`) and exposes
+``out_dim``; heads and losses live in :mod:`nwa.tasks`.
 """
 
 from __future__ import annotations

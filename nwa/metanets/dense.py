@@ -33,6 +33,9 @@ class Dense(nn.Module):
         - output: [B, out_dim] with ``out_dim = dim * len(layer_shapes)``
     """
 
+    inputs = ("matrix",)
+    """The ``data.input`` families this encoder reads."""
+
     def __init__(
         self,
         layer_shapes: Mapping[str, Sequence[int]] | WeightShapes,

@@ -41,6 +41,9 @@ class FlatMLP(nn.Module):
         - output: [B, out_dim] with ``out_dim = hidden[-1]``
     """
 
+    inputs = ("flat",)
+    """The ``data.input`` families this encoder reads."""
+
     def __init__(
         self,
         in_dim: int | WeightShapes,

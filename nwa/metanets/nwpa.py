@@ -90,6 +90,9 @@ class NWPA(nn.Module):
         - output: [B, out_dim] with ``out_dim = hidden``
     """
 
+    inputs = ("graph", "chain")
+    """The ``data.input`` families this encoder reads."""
+
     def __init__(
         self,
         shapes: GraphShapes | WeightShapes | Sequence[Sequence[int]],

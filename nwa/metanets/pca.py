@@ -42,6 +42,9 @@ class PCAEncoder(nn.Module):
         - output: [B, out_dim] with ``out_dim = n_components`` for ``head="none"``, else ``dim``
     """
 
+    inputs = ("flat",)
+    """The ``data.input`` families this encoder reads."""
+
     def __init__(
         self,
         in_dim: int | WeightShapes,

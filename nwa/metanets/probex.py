@@ -109,6 +109,9 @@ class ProbeX(nn.Module):
         - output: [B, out_dim] with ``out_dim = dim * len(layer_shapes)``
     """
 
+    inputs = ("matrix",)
+    """The ``data.input`` families this encoder reads."""
+
     def __init__(
         self,
         layer_shapes: Mapping[str, Sequence[int]] | WeightShapes,

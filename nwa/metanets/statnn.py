@@ -40,6 +40,9 @@ class StatNNMLP(nn.Module):
         - output: [B, out_dim] with ``out_dim = hidden[-1]``
     """
 
+    inputs = ("stats", "spectral")
+    """The ``data.input`` families this encoder reads."""
+
     def __init__(
         self, in_dim: int | WeightShapes, hidden: Sequence[int] = (128, 128), dropout: float = 0.0
     ) -> None:
@@ -87,6 +90,9 @@ class StatNNBoosted:
         - fit: features [N, F] (numpy), targets [N] / [N, T] / [N] int / [N, C] in {0, 1}
         - predict: [N] / [N, T] values, [N] class labels, [N, C] 0/1 labels
     """
+
+    inputs = ("stats", "spectral", "flat")
+    """The ``data.input`` families this predictor reads."""
 
     def __init__(
         self,

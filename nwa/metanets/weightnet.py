@@ -92,6 +92,9 @@ class WeightNet(nn.Module):
         - output: [B, out_dim] with ``out_dim = d_model``
     """
 
+    inputs = ("graph", "chain")
+    """The ``data.input`` families this encoder reads."""
+
     def __init__(
         self,
         shapes: GraphShapes | WeightShapes | Sequence[Sequence[int]],

@@ -21,7 +21,7 @@ from torch import nn
 
 from nwa.errors import ConfigError
 from nwa.tasks import Targets, Task
-from nwa.text.encoders import TextEncoder, build_text_encoder
+from nwa.text import TextEncoder, build_text_encoder
 
 MODES = ("prototype", "clip")
 _MASKED = -1e4  # logit of a non-candidate concept: exp() underflows to 0, losses stay finite

@@ -12,7 +12,7 @@ import torch
 import torchmetrics as tm
 from torch import nn
 
-from nwa.tasks import MultiClass, Regression, Targets, Task
+from nwa.tasks.single import MultiClass, Regression, Targets, Task
 
 
 class LabelMetrics(tm.Metric):

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             zoo = merge(args.path)
             print(f"merged {len(zoo)} models: {zoo.root}")
         else:
-            from nwa.weights.adapters import open_zoo
+            from nwa.zoo.adapters import open_zoo
             from nwa.zoo.info import describe, format_report
 
             zoo = open_zoo(_zoo_path(args.path), args.adapter)

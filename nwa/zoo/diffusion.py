@@ -324,7 +324,7 @@ class LoraRecipe(LoraTraining, Recipe):
 
     def label_schema(self) -> dict[str, str]:
         reg = dict.fromkeys(("final_loss", "eval_loss", "eval_gain"), "regression")
-        return {"classes": "multiclass", **reg}
+        return {"concept": "multiclass", **reg}
 
     def holdout_splits(self) -> dict[str, list[str]]:
         """``{"val_holdout": [...], "test_holdout": [...]}`` concept names."""

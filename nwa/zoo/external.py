@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nwa.atomic import file_lock
 from nwa.errors import ConfigError
 from nwa.zoo.images import LazyImages
 
@@ -147,8 +148,6 @@ def load_torchvision(name: str) -> Loaded:
         try:
             ds = _torchvision_split(cls, root, train, download=False)
         except RuntimeError:  # not there (or damaged): fetch it, one process at a time
-            from nwa.zoo.runner import file_lock
-
             try:
                 with file_lock(root / f".{cls_name}.lock"):
                     ds = _torchvision_split(cls, root, train, download=True)

@@ -194,8 +194,7 @@ class Pipeline:
         whichever process needs it first, under a lock). Shapes: uint8 [len(seeds), 3, S, S]."""
         from safetensors.torch import load_file, save_file
 
-        from nwa.atomic import atomic_path
-        from nwa.zoo.runner import file_lock
+        from nwa.atomic import atomic_path, file_lock
 
         with file_lock(file.with_name(file.name + ".lock")):
             if not file.is_file():

@@ -3,12 +3,12 @@
 :func:`open_zoo` opens an nwa zoo directory, or any layout an adapter knows, named or detected:
 
 * ``model_j``: Model-J discriminative models in Hugging Face cache folders,
-  ``[SPLIT/]models--ORG--NAME/`` (:func:`~nwa.weights.adapters.model_j.open_model_j`).
+  ``[SPLIT/]models--ORG--NAME/`` (:func:`~nwa.zoo.adapters.model_j.open_model_j`).
 * ``model_j_lora``: Model-J Stable Diffusion LoRAs,
   ``SPLIT/model_idx_XXXX/pytorch_lora_weights.safetensors``
-  (:func:`~nwa.weights.adapters.model_j_lora.open_model_j_lora`).
+  (:func:`~nwa.zoo.adapters.model_j_lora.open_model_j_lora`).
 * ``small_cnn_zoo``: the Small CNN Zoo, ``weights.npy`` + ``layout.csv`` + ``metrics.csv.gz``
-  (:func:`~nwa.weights.adapters.small_cnn_zoo.open_small_cnn_zoo`).
+  (:func:`~nwa.zoo.adapters.small_cnn_zoo.open_small_cnn_zoo`).
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ from nwa.zoo.manifest import META, SPLITS, Zoo
 
 
 def _model_j(path: Path, **options: Any) -> Zoo:
-    from nwa.weights.adapters.model_j import open_model_j
+    from nwa.zoo.adapters.model_j import open_model_j
 
     return open_model_j(path, **options)
 
 
 def _model_j_lora(path: Path, **options: Any) -> Zoo:
-    from nwa.weights.adapters.model_j_lora import open_model_j_lora
+    from nwa.zoo.adapters.model_j_lora import open_model_j_lora
 
     return open_model_j_lora(path, **options)
 
 
 def _small_cnn_zoo(path: Path, **options: Any) -> Zoo:
-    from nwa.weights.adapters.small_cnn_zoo import open_small_cnn_zoo
+    from nwa.zoo.adapters.small_cnn_zoo import open_small_cnn_zoo
 
     return open_small_cnn_zoo(path, **options)
 

@@ -25,7 +25,9 @@ from typing import Any
 import pandas as pd
 
 from nwa.errors import NwaError, ZooError
-from nwa.weights.adapters.records import (
+from nwa.weights.hub import HubRef, resolve
+from nwa.weights.io import WeightSource, cache_snapshot, open_weights, read_safetensors_header
+from nwa.zoo.adapters.records import (
     ACC_COLUMNS,
     BASE_COLUMNS,
     SPLIT_ALIASES,
@@ -41,8 +43,6 @@ from nwa.weights.adapters.records import (
     parse_split,
     used_columns,
 )
-from nwa.weights.hub import HubRef, resolve
-from nwa.weights.io import WeightSource, cache_snapshot, open_weights, read_safetensors_header
 from nwa.zoo.manifest import SPLITS, Zoo, ZooMeta
 
 ID_COLUMNS = ("model_id", "repo_id", "hf_model_id", "hf_repo_id", "model", "model_name", "id")

@@ -25,7 +25,8 @@ import pandas as pd
 
 from nwa.errors import ZooError
 from nwa.files import read_regular
-from nwa.weights.adapters.records import (
+from nwa.weights.io import LORA_FILE_NAMES, WeightSource, open_weights, read_safetensors_header
+from nwa.zoo.adapters.records import (
     BASE_COLUMNS,
     SPLIT_COLUMNS,
     build_zoo,
@@ -38,7 +39,6 @@ from nwa.weights.adapters.records import (
     read_table_file,
     used_columns,
 )
-from nwa.weights.io import LORA_FILE_NAMES, WeightSource, open_weights, read_safetensors_header
 from nwa.zoo.manifest import SPLITS, Zoo, ZooMeta
 
 CONCEPT_COLUMNS = (

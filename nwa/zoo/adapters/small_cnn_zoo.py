@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from nwa.errors import ConfigError, CorruptWeightsError, ZooError
-from nwa.weights.adapters.records import (
+from nwa.weights.io import TensorInfo, WeightSource
+from nwa.zoo.adapters.records import (
     ACC_COLUMNS,
     SPLIT_COLUMNS,
     build_zoo,
@@ -42,7 +43,6 @@ from nwa.weights.adapters.records import (
     read_table_file,
     used_columns,
 )
-from nwa.weights.io import TensorInfo, WeightSource
 from nwa.zoo.manifest import Zoo, ZooMeta
 from nwa.zoo.validation import ZooPaths
 
