@@ -116,9 +116,11 @@ def twin_loggers(
     group: str,
     job_type: str | None = None,
     tags: Sequence[str] = (),
+    version: str | None = "0",
 ) -> str:
     """``--trainer.logger`` value of a run logged to W&B and, with the same metrics, to CSV
-    (``<save_dir>/<name>/version_0/metrics.csv``); W&B writes ``<save_dir>/wandb/``."""
+    (``<save_dir>/<name>/version_<version>/metrics.csv``; ``None``: the next free version);
+    W&B writes ``<save_dir>/wandb/``."""
     wandb = {
         "project": project(),
         "save_dir": str(save_dir),
@@ -129,7 +131,7 @@ def twin_loggers(
         "tags": list(tags),
         "log_model": False,
     }
-    csv = {"save_dir": str(save_dir), "name": name, "version": "0"}
+    csv = {"save_dir": str(save_dir), "name": name, "version": version}
     return json.dumps(
         [
             {"class_path": "nwa.dashboard.DashboardLogger", "init_args": wandb},

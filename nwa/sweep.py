@@ -7,8 +7,10 @@ metric (``val/acc`` for classification, ``val/r2`` for regression, or ``--metric
 (one row per layer: best validation metric, test metrics of that checkpoint) is written as CSV
 and Markdown and printed; the best layer on validation is named last. Any other argument
 (``--trainer.max_epochs 50``, ``--data.init_args.zoo DIR`` ...) goes to every run. Runs log to
-CSV files under ``--save_dir`` (``--logger config`` keeps the recipe's logger, W&B by default,
-with one group per sweep), each named ``<sweep name>-<layer>``.
+W&B (offline unless logged in; group = the sweep's name, job type ``layer-sweep``, best-value
+summaries, see :mod:`nwa.dashboard`) and to CSV files under ``--save_dir``, each named
+``<sweep name>-<layer>``; ``--logger csv`` logs to CSV only, ``--logger config`` keeps the
+recipe's logger. ``configs/sweeps/layers.yaml`` runs the same search as a W&B sweep.
 """
 
 from __future__ import annotations
@@ -50,9 +52,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     p.add_argument(
         "--logger",
-        choices=("csv", "config"),
-        default="csv",
-        help="CSV files, or the recipe's logger.",
+        choices=("wandb", "csv", "config"),
+        default="wandb",
+        help="W&B and CSV files, CSV files only, or the recipe's logger.",
     )
     ns, rest = p.parse_known_args(argv)
     if ns.max_layers is not None and ns.max_layers < 1:
@@ -134,6 +136,10 @@ def run_layer(
     except Exception as e:  # one failing layer must not end a long sweep; the table shows it
         row["error"] = f"{type(e).__name__}: {e}"
         print(f"nwa.sweep: layer {layer} failed: {row['error']}", file=sys.stderr)
+    finally:
+        from nwa.dashboard import finish_run
+
+        finish_run()  # the next layer's run is a run of its own
     return row
 
 
@@ -188,13 +194,19 @@ def print_table(rows: list[dict[str, Any]], metric: str, best: dict[str, Any] | 
 
 
 def logger_args(kind: str, save_dir: Path, group: str) -> list[str]:
-    """CSV files under ``save_dir`` (no account needed), or the recipe's logger in one group.
+    """W&B and CSV, CSV files under ``save_dir`` alone (no account needed), or the recipe's
+    logger; always in one group.
 
     ``save_dir`` is also the trainer's root, so nothing lands in the working directory (a
     ``fast_dev_run`` has no logger, and its checkpoints would go there)."""
     root = ["--trainer.default_root_dir", str(save_dir)]
     if kind == "config":
         return [*root, "--group", group]
+    if kind == "wandb":
+        from nwa.dashboard import twin_loggers
+
+        loggers = twin_loggers(save_dir, group, group, "layer-sweep", [f"sweep:{group}"], None)
+        return [*root, "--group", group, "--trainer.logger", loggers]
     csv = {
         "class_path": "lightning.pytorch.loggers.CSVLogger",
         "init_args": {"save_dir": str(save_dir)},
