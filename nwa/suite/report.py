@@ -292,6 +292,8 @@ def weightnet_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
                 PROPERTY_NAMES,
                 "MAE (test; mean ± std over seeds)",
                 figs / "weightnet_mae.png",
+                ylabel="MAE (fraction)",
+                xlabel="property",
             ),
             figures.radar(
                 {m: [_mean(v) for v in per_seed[m]["r2"]] for m in methods},
@@ -352,6 +354,8 @@ def probex_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
                     trees,
                     "Element-wise test accuracy per tree (mean ± std over seeds)",
                     figs / "probex_per_tree.png",
+                    ylabel="element-wise test accuracy (fraction)",
+                    xlabel="tree",
                     labels={
                         m: f"{m} ({_params(cls, method=m, subset=trees[0])} params)"
                         for m in methods
@@ -448,6 +452,8 @@ def probex_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
         if found:
             target = figs / "align_embedding.png"
             shutil.copyfile(found[0], target)
+            if found[0].with_suffix(".pdf").is_file():
+                shutil.copyfile(found[0].with_suffix(".pdf"), target.with_suffix(".pdf"))
             lines += _figure_lines([target], out)
     return lines
 
@@ -588,7 +594,7 @@ def _figure_lines(paths: Sequence[Path | None], out: Path) -> list[str]:
 def write_report(
     out: Path, runs: Sequence[RunSpec], header: dict[str, Any]
 ) -> tuple[Path, pd.DataFrame]:
-    """Write ``<out>/report.md``, ``<out>/results.csv`` and ``<out>/figures/*.png``."""
+    """Write ``<out>/report.md``, ``<out>/results.csv`` and ``<out>/figures/*.png`` (+ ``.pdf``)."""
     from nwa.atomic import atomic_write_text
 
     df = load_results(out, runs)
