@@ -62,11 +62,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return ns, rest
 
 
-def recipe_data(run_args: list[str], layers: list[str] | None) -> Any:
-    """The recipe's data module with ``layers`` (every layer name resolved, nothing trained).
+def parse_recipe(run_args: list[str]) -> Any:
+    """The config ``python -m nwa.fit`` parses from ``run_args`` (nothing instantiated).
 
-    Only the ``data`` section of the parsed config is instantiated (without normalization), so
-    resolving layers reads model headers and no weights.
+    Raises:
+        SystemExit: An argument the recipe does not have, or a bad value (jsonargparse's error).
     """
     from lightning.pytorch import LightningModule
 
@@ -86,7 +86,16 @@ def recipe_data(run_args: list[str], layers: list[str] | None) -> Any:
         run=False,
         auto_configure_optimizers=False,
     )
-    data = cli.config["data"]
+    return cli.config
+
+
+def recipe_data(run_args: list[str], layers: list[str] | None) -> Any:
+    """The recipe's data module with ``layers`` (every layer name resolved, nothing trained).
+
+    Only the ``data`` section of the parsed config is instantiated (without normalization), so
+    resolving layers reads model headers and no weights.
+    """
+    data = parse_recipe(run_args)["data"]
     module, _, name = str(data["class_path"]).rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     kwargs = dict(data.get("init_args") or {})
