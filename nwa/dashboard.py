@@ -5,8 +5,8 @@ Every run of ``python -m nwa.bench`` and ``python -m nwa.sweep`` logs twice: to 
 unless the user is logged in; ``wandb sync`` uploads later) and to CSV (no account needed). On
 W&B a suite is one **group**, the task (``classes``, ``properties``, ``concept``) the
 **job type**, and the **tags** name the method, the models (tree or subset), the zoo, the zoo's
-content hash and the seed, so the dashboard compares runs without set-up: group by
-a tag, x = seed, y = ``test/acc.last``.
+content hash and the seed; the run config also holds ``method``, ``tree`` and ``seed`` so the
+dashboard compares runs without set-up: group by ``method``, x = ``seed``, y = ``test/acc.last``.
 
 Summaries: every validation metric keeps its best value (``val/acc.max`` for accuracy-like
 metrics, ``val/loss.min`` for losses and errors, :func:`nwa.runs.metric_goal`) and its last
@@ -49,13 +49,20 @@ class DashboardLogger(WandbLogger):
     Args:
         job_type: W&B job type (the bench: the task, ``classes``, ``properties`` ...).
         tags: W&B tags (the bench: ``method:ProbeX``, ``tree:...``, ``zoo:...``, ``seed:0``).
+        fields: Run config fields to group and plot by on the dashboard (the bench: ``method``,
+            ``tree``, ``seed``), beside the full CLI config.
         **kwargs: ``WandbLogger``'s arguments (``project``, ``name``, ``group``, ``save_dir`` ...).
     """
 
     def __init__(
-        self, job_type: str | None = None, tags: list[str] | None = None, **kwargs: Any
+        self,
+        job_type: str | None = None,
+        tags: list[str] | None = None,
+        fields: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        extra = {k: v for k, v in (("job_type", job_type), ("tags", tags)) if v}
+        pairs = (("job_type", job_type), ("tags", tags), ("config", fields))
+        extra = {k: v for k, v in pairs if v}
         super().__init__(**kwargs, **extra)
         self._declared: set[str] = set()
 
@@ -117,6 +124,7 @@ def twin_loggers(
     job_type: str | None = None,
     tags: Sequence[str] = (),
     version: str | None = "0",
+    fields: Mapping[str, Any] | None = None,
 ) -> str:
     """``--trainer.logger`` value of a run logged to W&B and, with the same metrics, to CSV
     (``<save_dir>/<name>/version_<version>/metrics.csv``; ``None``: the next free version);
@@ -129,6 +137,7 @@ def twin_loggers(
         "group": group,
         "job_type": job_type,
         "tags": list(tags),
+        "fields": dict(fields or {}),
         "log_model": False,
     }
     csv = {"save_dir": str(save_dir), "name": name, "version": version}

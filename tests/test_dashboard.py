@@ -14,7 +14,7 @@ import pytest
 
 from nwa.compare import compare_runs
 from nwa.dashboard import summary_kinds, zoo_fingerprint
-from nwa.runs import load_run, metric_goal
+from nwa.runs import load_run, metric_goal, wandb_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,6 +71,18 @@ def test_bench_runs_carry_group_job_type_tags_and_summaries(bench, tiny_zoo):
             f"zoo-hash:{digest}",
             f"seed:{row['seed']}",
         ]
+        logged = {}  # every config update of the run, the dashboard's fields among them
+        for record in wandb_records(next(run.path.glob("run-*.wandb"))):
+            kind = record.WhichOneof("record_type")
+            if kind in ("run", "config"):
+                update = record.run.config.update if kind == "run" else record.config.update
+                logged |= {i.key: json.loads(i.value_json) for i in update if i.key}
+        assert (logged["method"], logged["tree"], logged["seed"]) == (
+            "ProbeX",
+            row["subset"],
+            row["seed"],
+        )
+        assert logged["seed_everything"] == row["seed"]
         csv = load_run(bench / "runs" / row["key"] / row["key"] / "version_0")
         for metric in [m for m in csv.metrics if m.startswith("val/")]:
             kind = metric_goal(metric)

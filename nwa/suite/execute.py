@@ -145,9 +145,11 @@ def logger_args(
     board = board or Dashboard("bench")
     job_type = board.job_type(spec) if spec else None
     tags = board.tags(spec) if spec else []
+    fields = {"method": spec.method, "tree": spec.subset, "seed": spec.seed} if spec else {}
+    loggers = twin_loggers(folder, folder.name, board.group, job_type, tags, "0", fields)
     return [
         *("--run_name", folder.name, "--group", board.group),
-        *("--trainer.logger", twin_loggers(folder, folder.name, board.group, job_type, tags)),
+        *("--trainer.logger", loggers),
         *("--trainer.default_root_dir", str(folder)),
         *("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"),
         "--trainer.callbacks+=nwa.suite.execute.EpochTimer",
