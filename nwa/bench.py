@@ -19,6 +19,10 @@ uploads): group ``bench-<suite>`` (``--group``), job type the task (``classes``,
 ``seed:``, and summaries ``val/<metric>.max`` (or ``.min`` for losses and errors) and
 ``test/<metric>.last``. One more run of the
 group, job type ``report``, holds ``results.csv`` as a table and the report's figures.
+
+``--executor slurm`` submits the runs to Slurm instead (one job array per run kind, one task per
+run, through submitit; ``--slurm.partition``, ``--slurm.cpus``, ``--slurm.gpus``, ``--slurm.mem``,
+``--slurm.time``), waits for them and writes the same report; skipping and resuming are the same.
 """
 
 from __future__ import annotations
@@ -67,6 +71,23 @@ def _parser() -> argparse.ArgumentParser:
         help="runs at a time, in worker processes sharing the CPU cores (default 2; 1: in this process)",
     )
     p.add_argument("--group", help="W&B group of every run (default bench-<suite>)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local worker processes (default), or Slurm job arrays through submitit",
+    )
+    slurm = p.add_argument_group("Slurm (with --executor slurm; one array task per run)")
+    slurm.add_argument("--slurm.partition", dest="slurm_partition", help="partition")
+    slurm.add_argument("--slurm.cpus", dest="slurm_cpus", type=int, default=2, help="cores per run")
+    slurm.add_argument("--slurm.gpus", dest="slurm_gpus", type=int, default=0, help="GPUs per run")
+    slurm.add_argument("--slurm.mem", dest="slurm_mem", type=int, default=8, help="GB per run")
+    slurm.add_argument(
+        "--slurm.time", dest="slurm_time", type=int, help="minutes per run (default per kind)"
+    )
+    slurm.add_argument(
+        "--slurm.parallel", dest="slurm_parallel", type=int, help="array tasks at once"
+    )
     p.add_argument("--force", action="store_true", help="redo runs that already finished")
     p.add_argument("--report", action="store_true", help="only rewrite the report")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
@@ -192,7 +213,20 @@ def main(argv: list[str] | None = None) -> int:
                 bar.console.print(f"{spec.key}: {_headline(res)}")
                 bar.update(task, advance=1, description=", ".join(active))
 
-            run_all(todo, out, args.jobs, args.keep_checkpoints, started, finished, board)
+            if args.executor == "slurm":
+                from nwa.suite.slurm import SlurmOptions, run_on_slurm
+
+                opts = SlurmOptions(
+                    args.slurm_partition,
+                    args.slurm_cpus,
+                    args.slurm_gpus,
+                    args.slurm_mem,
+                    args.slurm_time,
+                    args.slurm_parallel,
+                )
+                run_on_slurm(todo, out, opts, args.keep_checkpoints, started, finished, board)
+            else:
+                run_all(todo, out, args.jobs, args.keep_checkpoints, started, finished, board)
     header = {
         "suite": suite.name,
         "command": "python -m nwa.bench " + " ".join(sys.argv[1:] if argv is None else argv),

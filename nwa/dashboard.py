@@ -49,20 +49,14 @@ class DashboardLogger(WandbLogger):
     Args:
         job_type: W&B job type (the bench: the task, ``classes``, ``properties`` ...).
         tags: W&B tags (the bench: ``method:ProbeX``, ``tree:...``, ``zoo:...``, ``seed:0``).
-        fields: Run config fields to group and plot by on the dashboard (the bench: ``method``,
-            ``tree``, ``seed``), beside the full CLI config.
-        **kwargs: ``WandbLogger``'s arguments (``project``, ``name``, ``group``, ``save_dir`` ...).
+        **kwargs: ``WandbLogger``'s arguments (``project``, ``name``, ``group``, ``save_dir``,
+            ``config``: fields to group and plot by on the dashboard, beside the CLI config ...).
     """
 
     def __init__(
-        self,
-        job_type: str | None = None,
-        tags: list[str] | None = None,
-        fields: dict[str, Any] | None = None,
-        **kwargs: Any,
+        self, job_type: str | None = None, tags: list[str] | None = None, **kwargs: Any
     ) -> None:
-        pairs = (("job_type", job_type), ("tags", tags), ("config", fields))
-        extra = {k: v for k, v in pairs if v}
+        extra = {k: v for k, v in (("job_type", job_type), ("tags", tags)) if v}
         super().__init__(**kwargs, **extra)
         self._declared: set[str] = set()
 
@@ -137,7 +131,7 @@ def twin_loggers(
         "group": group,
         "job_type": job_type,
         "tags": list(tags),
-        "fields": dict(fields or {}),
+        "config": dict(fields or {}),
         "log_model": False,
     }
     csv = {"save_dir": str(save_dir), "name": name, "version": version}
