@@ -35,6 +35,7 @@ import pandas as pd
 
 from nwa.errors import NwaError
 from nwa.runs import AXES, Run, load_runs, metric_goal
+from nwa.tables import markdown_table
 
 # Fields that differ between any two runs without changing what was trained.
 IGNORED_CONFIG = (
@@ -77,9 +78,8 @@ class Comparison:
     def to_markdown(self) -> str:
         """The side-by-side table as GitHub Markdown."""
         frame = self.side_by_side()
-        lines = [_md_row(["field", *self.labels]), _md_row(["---"] * (len(self.labels) + 1))]
-        lines += [_md_row([field, *values]) for field, values in frame.iterrows()]
-        return "\n".join(lines) + "\n"
+        rows = [[field, *values] for field, values in frame.iterrows()]
+        return markdown_table(["field", *self.labels], rows) + "\n"
 
     def to_rich(self) -> Any:
         """The side-by-side table as a ``rich`` table; the best run per metric row in bold."""
@@ -320,10 +320,6 @@ def _cell(value: Any) -> Any:
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"), default=str)
     return value
-
-
-def _md_row(cells: Sequence[Any]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
 def _parser() -> argparse.ArgumentParser:

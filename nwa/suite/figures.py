@@ -37,7 +37,7 @@ def embeddings(outputs: Mapping[str, Outputs], path: Path, colour: str, title: s
     """PCA and t-SNE of each method's representations (first seed), one row per method.
 
     ``colour``: ``tree`` (one colour per tree) or a property, the first target column.
-    Test-split models are crosses, the others dots.
+    Test-split models are hollow markers, the others filled.
     """
     methods = [m for m, runs in outputs.items() if runs and "z" in runs[0]]
     if not methods:
