@@ -33,9 +33,10 @@ from typing import Any
 
 import pandas as pd
 
+from nwa.atomic import atomic_write_text
 from nwa.errors import NwaError
 from nwa.runs import AXES, Run, load_runs, metric_goal
-from nwa.tables import markdown_table
+from nwa.tables import markdown_table, write_rows
 
 # Fields that differ between any two runs without changing what was trained.
 IGNORED_CONFIG = (
@@ -124,8 +125,8 @@ class Comparison:
             "csv": out / "comparison.csv",
             "plot": out / "curves.png",
         }
-        paths["markdown"].write_text(self.to_markdown())
-        self.table.apply(lambda column: column.map(_cell)).to_csv(paths["csv"], index=False)
+        atomic_write_text(paths["markdown"], self.to_markdown())
+        write_rows(self.table.to_dict("records"), paths["csv"])
         self.plot(paths["plot"], x=x)
         return paths
 

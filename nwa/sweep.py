@@ -161,25 +161,22 @@ def best_row(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, An
 
 def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
     """Write ``out`` (CSV) and ``out`` with suffix ``.md`` (Markdown); one row per layer."""
-    import pandas as pd
+    from nwa.atomic import atomic_write_text
+    from nwa.tables import markdown_table, write_rows
 
-    frame = pd.DataFrame(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    write_rows(rows, out)
     md = out.with_suffix(".md")
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in frame.iterrows():
-        cells = [_cell(r[c]) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    md.write_text("\n".join(lines) + "\n")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    table = markdown_table(cols, [[_cell(r.get(c, math.nan)) for c in cols] for r in rows])
+    atomic_write_text(md, table + "\n")
     return out, md
 
 
 def _cell(v: Any) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.4f}"
-    return str(v).replace("|", "\\|")
+    return str(v)
 
 
 def print_table(rows: list[dict[str, Any]], metric: str, best: dict[str, Any] | None) -> None:

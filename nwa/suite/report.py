@@ -57,6 +57,7 @@ def write_report(
 ) -> tuple[Path, pd.DataFrame]:
     """Write ``<out>/report.md``, ``<out>/results.csv`` and ``<out>/figures/*.png`` (+ ``.pdf``)."""
     from nwa.atomic import atomic_write_text
+    from nwa.tables import write_rows
 
     df = load_results(out, runs)
     figs = out / "figures"
@@ -79,7 +80,7 @@ def write_report(
     lines += weightnet_section(out, df, figs)
     lines += probex_section(out, df, figs)
     lines += runs_section(df)
-    df.to_csv(out / "results.csv", index=False)
+    write_rows(df.to_dict("records"), out / "results.csv")
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(out / "report.json", json.dumps(meta, indent=1))
