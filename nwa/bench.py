@@ -12,13 +12,27 @@ fewer epochs: 5 to 10 minutes on 2 CPU cores. Without it the suite runs on ``def
 and ``default_lora``. Runs that finished are skipped when the command is rerun (``--force``
 redoes them), so an interrupted suite resumes; a run finished with another command than the one
 planned now (a layer or recipe changed) is redone. ``--report`` only rewrites the report.
+
+Every run logs to CSV and to W&B (offline unless logged in; ``wandb sync <out>/runs/*/wandb/*``
+uploads): group ``bench-<suite>`` (``--group``), job type the task (``classes``, ``properties``,
+``per-tree``, ``experts``, ``align``), tags ``method:``, ``tree:``, ``zoo:``, ``zoo-hash:``,
+``seed:``, and summaries ``val/<metric>.max`` (or ``.min`` for losses and errors) and
+``test/<metric>.last``. One more run of the
+group, job type ``report``, holds ``results.csv`` as a table and the report's figures.
+
+``--executor slurm`` submits the runs to Slurm instead (one job array per run kind, one task per
+run, through submitit; ``--slurm.partition``, ``--slurm.cpus``, ``--slurm.gpus``, ``--slurm.mem``,
+``--slurm.time``), waits for them and writes the same report; skipping and resuming are the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,12 +57,36 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         help="methods compared per tree (default ProbeX Dense StatNN-GBT)",
     )
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=("classes", "properties", "concept"),
+        help="only the runs of these tasks (default all; concept: the LoRA aligners)",
+    )
     p.add_argument("--epochs", type=int, help="max_epochs of every gradient-trained run")
     p.add_argument(
         "--jobs",
         type=int,
         default=2,
         help="runs at a time, in worker processes sharing the CPU cores (default 2; 1: in this process)",
+    )
+    p.add_argument("--group", help="W&B group of every run (default bench-<suite>)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local worker processes (default), or Slurm job arrays through submitit",
+    )
+    slurm = p.add_argument_group("Slurm (with --executor slurm; one array task per run)")
+    slurm.add_argument("--slurm.partition", dest="slurm_partition", help="partition")
+    slurm.add_argument("--slurm.cpus", dest="slurm_cpus", type=int, default=2, help="cores per run")
+    slurm.add_argument("--slurm.gpus", dest="slurm_gpus", type=int, default=0, help="GPUs per run")
+    slurm.add_argument("--slurm.mem", dest="slurm_mem", type=int, default=8, help="GB per run")
+    slurm.add_argument(
+        "--slurm.time", dest="slurm_time", type=int, help="minutes per run (default per kind)"
+    )
+    slurm.add_argument(
+        "--slurm.parallel", dest="slurm_parallel", type=int, help="array tasks at once"
     )
     p.add_argument("--force", action="store_true", help="redo runs that already finished")
     p.add_argument("--report", action="store_true", help="only rewrite the report")
@@ -80,6 +118,27 @@ def _zoo_layout(path: Path) -> tuple[list[str], dict[str, list[str]]]:
     return usable, layers
 
 
+def _dashboard(group: str, *zoos: Path) -> Any:
+    """The W&B group, and each zoo's name and content hash for the runs' tags."""
+    from nwa.dashboard import zoo_fingerprint
+    from nwa.runs import default_group
+    from nwa.suite.execute import Dashboard
+
+    names = {str(z): (default_group({"zoo": str(z)}) or z.name, zoo_fingerprint(z)) for z in zoos}
+    return Dashboard(group, names)
+
+
+@contextlib.contextmanager
+def _quiet_wandb() -> Iterator[None]:
+    """Silence W&B's own lines (run folder, sync hint): the bench prints its own summary."""
+    with (
+        open(os.devnull, "w") as sink,
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+    ):
+        yield
+
+
 def _headline(res: dict[str, Any]) -> str:
     if "error" in res:
         return f"FAILED {res['error'][:100]}"
@@ -96,6 +155,7 @@ def _headline(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from nwa.dashboard import log_suite
     from nwa.progress import count_bar
     from nwa.suite.execute import load_result, needs_run, run_all
     from nwa.suite.plan import FAMILIES, METHODS, SUITES, RunSpec, layer_for, plan
@@ -122,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         lora = zoo_path(args.lora_zoo or suite.lora_zoo)
         trees, layers = _zoo_layout(vision)
         runs = plan(suite, str(vision), str(lora), trees, layers)
+        if args.tasks:
+            runs = [r for r in runs if r.task in args.tasks]
     except (NwaError, ValueError) as e:
         print(f"nwa: {e}", file=sys.stderr)
         return 2
@@ -130,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             print(spec.key, " ".join(spec.args))
         return 0
     out.mkdir(parents=True, exist_ok=True)
+    board = _dashboard(args.group or f"bench-{suite.name}", vision, lora)
     todo = [s for s in runs if args.force or needs_run(s, load_result(out / "runs" / s.key))]
     print(
         f"nwa bench ({suite.name}): {len(runs)} runs over seeds {list(suite.seeds)}, "
@@ -150,7 +213,20 @@ def main(argv: list[str] | None = None) -> int:
                 bar.console.print(f"{spec.key}: {_headline(res)}")
                 bar.update(task, advance=1, description=", ".join(active))
 
-            run_all(todo, out, args.jobs, args.keep_checkpoints, started, finished)
+            if args.executor == "slurm":
+                from nwa.suite.slurm import SlurmOptions, run_on_slurm
+
+                opts = SlurmOptions(
+                    args.slurm_partition,
+                    args.slurm_cpus,
+                    args.slurm_gpus,
+                    args.slurm_mem,
+                    args.slurm_time,
+                    args.slurm_parallel,
+                )
+                run_on_slurm(todo, out, opts, args.keep_checkpoints, started, finished, board)
+            else:
+                run_all(todo, out, args.jobs, args.keep_checkpoints, started, finished, board)
     header = {
         "suite": suite.name,
         "command": "python -m nwa.bench " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -163,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:  # a report-only call times nothing worth stating
         header["this call's wall time"] = f"{(time.perf_counter() - t0) / 60:.1f} min"
     path, df = write_report(out, runs, header)
+    figures = sorted((out / "figures").glob("*.png"))
+    with _quiet_wandb():
+        log_suite(out, df, figures, board.group, header)
     others = df["status"][df["status"] != "done"].value_counts()
     rest = ", ".join(f"{n} {status}" for status, n in others.items()) or "none failed or missing"
     print(f"report: {path} ({len(df) - int(others.sum())} runs finished; {rest})")

@@ -20,8 +20,10 @@ from lightning.pytorch.cli import (
     SaveConfigCallback,
     _InstantiatorFn,
 )
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from nwa.dashboard import wandb_mode
 from nwa.errors import ConfigError, NwaError
 from nwa.metanets.inputs import check_input
 from nwa.outputs import (
@@ -35,18 +37,6 @@ from nwa.recipes import KEY, expand_configs
 from nwa.resume import RunCheckpoint, RunPlan, global_rank, record_launch
 
 
-def wandb_mode() -> str:
-    """``online`` when the user is logged in to W&B, else ``offline`` (runs sync later)."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path.home() / ".netrc"
-    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return "online"
-    return "offline"
-
-
 class ConfigEverywhere(SaveConfigCallback):
     """Saves the full config as ``config.yaml``, into the W&B run config, and into every checkpoint."""
 
@@ -54,7 +44,7 @@ class ConfigEverywhere(SaveConfigCallback):
         self._config_dict = self.parser.dump(self.config, skip_none=False, format="yaml")
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
-            if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
                 experiment.config.update(yaml.safe_load(self._config_dict), allow_val_change=True)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -269,10 +259,11 @@ def _config_files(cfg: Any) -> list[str]:
 
 
 def default_logger() -> dict[str, Any]:
-    """W&B, offline unless logged in; ``--trainer.logger CSVLogger`` works without an account.
+    """W&B (with best-value summaries, :class:`nwa.dashboard.DashboardLogger`), offline unless
+    logged in; ``--trainer.logger CSVLogger`` works without an account.
     Its ``save_dir`` left as is follows the run folder (:func:`nwa.outputs.route_outputs`)."""
     return {
-        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "class_path": "nwa.dashboard.DashboardLogger",
         "init_args": {
             "project": os.environ.get("WANDB_PROJECT", "nwa"),
             "save_dir": default_root(),

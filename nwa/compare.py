@@ -33,8 +33,10 @@ from typing import Any
 
 import pandas as pd
 
+from nwa.atomic import atomic_write_text
 from nwa.errors import NwaError
 from nwa.runs import AXES, Run, load_runs, metric_goal
+from nwa.tables import markdown_table, write_rows
 
 # Fields that differ between any two runs without changing what was trained.
 IGNORED_CONFIG = (
@@ -77,9 +79,8 @@ class Comparison:
     def to_markdown(self) -> str:
         """The side-by-side table as GitHub Markdown."""
         frame = self.side_by_side()
-        lines = [_md_row(["field", *self.labels]), _md_row(["---"] * (len(self.labels) + 1))]
-        lines += [_md_row([field, *values]) for field, values in frame.iterrows()]
-        return "\n".join(lines) + "\n"
+        rows = [[field, *values] for field, values in frame.iterrows()]
+        return markdown_table(["field", *self.labels], rows) + "\n"
 
     def to_rich(self) -> Any:
         """The side-by-side table as a ``rich`` table; the best run per metric row in bold."""
@@ -115,7 +116,8 @@ class Comparison:
         return plot_curves(self.runs, self.metrics, path, x=x, labels=self.labels)
 
     def write(self, out: str | Path, x: str = "epoch") -> dict[str, Path]:
-        """Write ``comparison.md``, ``comparison.csv`` and ``curves.png`` into ``out``."""
+        """Write ``comparison.md``, ``comparison.csv`` and ``curves.png`` (+ ``curves.pdf``) into
+        ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         paths = {
@@ -123,8 +125,8 @@ class Comparison:
             "csv": out / "comparison.csv",
             "plot": out / "curves.png",
         }
-        paths["markdown"].write_text(self.to_markdown())
-        self.table.apply(lambda column: column.map(_cell)).to_csv(paths["csv"], index=False)
+        atomic_write_text(paths["markdown"], self.to_markdown())
+        write_rows(self.table.to_dict("records"), paths["csv"])
         self.plot(paths["plot"], x=x)
         return paths
 
@@ -226,51 +228,71 @@ def plot_curves(
     x: str = "epoch",
     labels: Sequence[str] | None = None,
 ) -> Path:
-    """One subplot per metric and one colour per run, as PNG: a curve over ``x`` (epoch or
-    step), or one bar per run for metrics logged once (test metrics).
-
-    The figure is drawn on an Agg canvas without pyplot, so it works headless and leaves a
-    notebook's plotting backend alone.
+    """One subplot per metric and one colour per run, as PNG (200 dpi) and PDF: a curve over
+    ``x`` (epoch or step), or one bar per run for metrics logged once (test metrics); a log y
+    axis where a metric spans two decades. Beyond 8 runs, colours repeat with another marker.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
+    from nwa.eval.style import colour, figure, marker, save, styled
+
     labels = list(labels or _unique_labels(runs))
-    ncols = min(3, max(1, len(metrics)))
-    nrows = math.ceil(len(metrics) / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, metric in zip(axes, metrics):
-        _draw_metric(ax, [r.curve(metric, x) for r in runs], metric, x)
-    for ax in axes[len(metrics) :]:
-        ax.set_visible(False)
-    handles = [Line2D([], [], color=f"C{i % 10}", label=lb) for i, lb in enumerate(labels)]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+
+    @styled
+    def draw() -> Path:
+        ncols = min(3, max(1, len(metrics)))
+        nrows = math.ceil(len(metrics) / ncols)
+        fig = figure(4.2 * ncols, 3.0 * nrows + 0.8)
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax, metric in zip(axes, metrics):
+            _draw_metric(ax, [r.curve(metric, x) for r in runs], metric, x)
+        for ax in axes[len(metrics) :]:
+            ax.set_visible(False)
+        handles = [
+            Line2D([], [], color=colour(i), marker=marker(i), label=lb)
+            for i, lb in enumerate(labels)
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)))
+        return save(fig, path)
+
+    return draw()
 
 
 def _draw_metric(ax: Any, curves: list[pd.DataFrame], metric: str, x: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.set_title(metric, fontsize=10)
-    ax.grid(alpha=0.3)
+    from nwa.eval.style import colour, log_if_wide, marker
+
+    ax.set_title(metric)
+    ax.set_ylabel(_metric_label(metric))
     if all(len(c) <= 1 for c in curves):  # a single value per run: bars side by side
-        for i, c in enumerate(curves):
-            if len(c):
-                ax.bar(i, c[metric].iloc[0], color=f"C{i % 10}")
+        values = [c[metric].iloc[0] if len(c) else math.nan for c in curves]
+        for i, v in enumerate(values):
+            ax.bar(i, v, color=colour(i), hatch=None if i < 8 else "//")
+        log_if_wide(ax, values)
         ax.set_xticks([])
+        ax.set_xlabel("run (see legend)")
         return
+    shown: list[float] = []
     for i, c in enumerate(curves):
         if len(c):
             xs = c.iloc[:, 0] if c.shape[1] > 1 else range(len(c))
-            ax.plot(xs, c[metric], marker="o" if len(c) < 2 else None, color=f"C{i % 10}")
+            ax.plot(
+                xs, c[metric], marker=marker(i) if len(c) < 2 or i >= 8 else None, color=colour(i)
+            )
+            shown += c[metric].tolist()
+    if log_if_wide(ax, shown):
+        ax.set_ylabel(_metric_label(metric) + " (log scale)")
     ax.set_xlabel(x)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _metric_label(metric: str) -> str:
+    """The y label of ``metric``: its name and unit (fractions for accuracy-like metrics)."""
+    name = metric.rsplit("/", 1)[-1]
+    if metric_goal(metric) == "max" and not name.startswith(("r2", "kendall")):
+        return f"{metric} (fraction)"
+    return f"{metric} (unitless)" if metric_goal(metric) else metric
 
 
 def _metric_columns(metrics: Sequence[str]) -> list[str]:
@@ -299,10 +321,6 @@ def _cell(value: Any) -> Any:
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"), default=str)
     return value
-
-
-def _md_row(cells: Sequence[Any]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
 def _parser() -> argparse.ArgumentParser:

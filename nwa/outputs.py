@@ -68,7 +68,7 @@ def _loggers(cfg: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _is_wandb(class_path: str) -> bool:
-    return class_path.rsplit(".", 1)[-1] == "WandbLogger"
+    return class_path.rsplit(".", 1)[-1] in ("WandbLogger", "DashboardLogger")
 
 
 def _pinned_id(cfg: Any) -> str | None:

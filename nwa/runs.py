@@ -72,6 +72,8 @@ class Run:
         history: One row per logging call: ``epoch``, ``step`` and one column per metric.
         summary: Last logged value of every metric (W&B's run summary).
         finished: Whether the run's end was logged (W&B's exit record); ``None`` for CSV logs.
+        job_type: W&B job type (empty for CSV logs).
+        tags: W&B tags (none for CSV logs).
     """
 
     name: str
@@ -83,6 +85,8 @@ class Run:
     history: pd.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
     finished: bool | None = None
+    job_type: str = ""
+    tags: list[str] = field(default_factory=list)
 
     @property
     def metrics(self) -> list[str]:
@@ -110,7 +114,16 @@ class Run:
         v = self.values(metric)
         if len(v):
             return float(v.iloc[-1])
-        return _as_float(self.summary.get(metric))
+        return self.summarized(metric, "last")
+
+    def summarized(self, metric: str, kind: str = "last") -> float:
+        """The run summary's ``kind`` (``last``, ``max``, ``min``) of ``metric``: W&B keeps them
+        as ``{"max": ..., "last": ...}`` once the metric was declared with
+        ``define_metric`` (:mod:`nwa.dashboard`), as a bare value otherwise (its last)."""
+        value = self.summary.get(metric)
+        if isinstance(value, dict):
+            return _as_float(value.get(kind))
+        return _as_float(value) if kind == "last" else math.nan
 
     def best(self, metric: str) -> float:
         """The best logged value by :func:`metric_goal` (NaN when the goal is unknown)."""
@@ -214,8 +227,12 @@ def load_run(path: str | Path) -> Run:
         return _load_csv(p)
     if p.is_dir() and (p / "config.yaml").is_file() and (p / "checkpoints").is_dir():
         return _load_wandb(_wandb_file_for(p), p)
-    if p.is_dir() and len(inside := find_runs(p)) == 1:  # e.g. a bench run: <run>/<run>/version_0
+    inside = find_runs(p) if p.is_dir() else []
+    if len(inside) == 1:  # e.g. a run folder holding its CSV log: <run>/<run>/version_0
         return load_run(inside[0])
+    logs = [f for f in inside if f.name.startswith(("offline-run-", "run-"))]
+    if len(logs) == 1 and len(inside) == 2:  # a bench run: its W&B run and its CSV twin
+        return load_run(logs[0])
     raise RunError(
         f"{p}: not a run (expected a W&B run folder with run-<id>.wandb, a CSV log folder "
         "with metrics.csv, a run folder <root>/<run_name>/<id>, or a folder holding one of these)"
@@ -322,7 +339,7 @@ def _load_wandb(file: Path, folder: Path) -> Run:
     launches: list[list[dict[str, Any]]] = []
     summary: dict[str, Any] = {}
     configs: list[dict[str, Any]] = []
-    info: dict[str, str] = {"id": file.stem.removeprefix("run-"), "name": "", "group": ""}
+    info: dict[str, Any] = {"id": file.stem.removeprefix("run-"), "name": "", "group": ""}
     finished = False
     for segment in _segments(file):
         rows: list[dict[str, Any]] = []
@@ -332,6 +349,7 @@ def _load_wandb(file: Path, folder: Path) -> Run:
             if kind == "run":
                 r = record.run
                 info.update(id=r.run_id or info["id"], name=r.display_name, group=r.run_group)
+                info.update(job_type=r.job_type, tags=list(r.tags))
                 configs.append({_item_key(i): json.loads(i.value_json) for i in r.config.update})
             elif kind == "config":
                 update = record.config.update
@@ -352,7 +370,19 @@ def _load_wandb(file: Path, folder: Path) -> Run:
     summary = {k: v for k, v in summary.items() if not k.startswith("_")}
     history = pd.DataFrame(rows)
     history = history[[*[a for a in AXES if a in history], *sorted(set(history) - set(AXES))]]
-    return Run(name, group, "wandb", folder, info["id"], config, history, summary, finished)
+    return Run(
+        name,
+        group,
+        "wandb",
+        folder,
+        info["id"],
+        config,
+        history,
+        summary,
+        finished,
+        info.get("job_type", ""),
+        info.get("tags", []),
+    )
 
 
 def _merge_launches(launches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -7,8 +7,10 @@ metric (``val/acc`` for classification, ``val/r2`` for regression, or ``--metric
 (one row per layer: best validation metric, test metrics of that checkpoint) is written as CSV
 and Markdown and printed; the best layer on validation is named last. Any other argument
 (``--trainer.max_epochs 50``, ``--data.init_args.zoo DIR`` ...) goes to every run. Runs log to
-CSV files under ``--save_dir`` (``--logger config`` keeps the recipe's logger, W&B by default,
-with one group per sweep), each named ``<sweep name>-<layer>``.
+W&B (offline unless logged in; group = the sweep's name, job type ``layer-sweep``, best-value
+summaries, see :mod:`nwa.dashboard`) and to CSV files under ``--save_dir``, each named
+``<sweep name>-<layer>``; ``--logger csv`` logs to CSV only, ``--logger config`` keeps the
+recipe's logger. ``configs/sweeps/layers.yaml`` runs the same search as a W&B sweep.
 """
 
 from __future__ import annotations
@@ -50,9 +52,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     p.add_argument(
         "--logger",
-        choices=("csv", "config"),
-        default="csv",
-        help="CSV files, or the recipe's logger.",
+        choices=("wandb", "csv", "config"),
+        default="wandb",
+        help="W&B and CSV files, CSV files only, or the recipe's logger.",
     )
     ns, rest = p.parse_known_args(argv)
     if ns.max_layers is not None and ns.max_layers < 1:
@@ -60,11 +62,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return ns, rest
 
 
-def recipe_data(run_args: list[str], layers: list[str] | None) -> Any:
-    """The recipe's data module with ``layers`` (every layer name resolved, nothing trained).
+def parse_recipe(run_args: list[str]) -> Any:
+    """The config ``python -m nwa.fit`` parses from ``run_args`` (nothing instantiated).
 
-    Only the ``data`` section of the parsed config is instantiated (without normalization), so
-    resolving layers reads model headers and no weights.
+    Raises:
+        SystemExit: An argument the recipe does not have, or a bad value (jsonargparse's error).
     """
     from lightning.pytorch import LightningModule
 
@@ -84,7 +86,16 @@ def recipe_data(run_args: list[str], layers: list[str] | None) -> Any:
         run=False,
         auto_configure_optimizers=False,
     )
-    data = cli.config["data"]
+    return cli.config
+
+
+def recipe_data(run_args: list[str], layers: list[str] | None) -> Any:
+    """The recipe's data module with ``layers`` (every layer name resolved, nothing trained).
+
+    Only the ``data`` section of the parsed config is instantiated (without normalization), so
+    resolving layers reads model headers and no weights.
+    """
+    data = parse_recipe(run_args)["data"]
     module, _, name = str(data["class_path"]).rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     kwargs = dict(data.get("init_args") or {})
@@ -134,6 +145,10 @@ def run_layer(
     except Exception as e:  # one failing layer must not end a long sweep; the table shows it
         row["error"] = f"{type(e).__name__}: {e}"
         print(f"nwa.sweep: layer {layer} failed: {row['error']}", file=sys.stderr)
+    finally:
+        from nwa.dashboard import finish_run
+
+        finish_run()  # the next layer's run is a run of its own
     return row
 
 
@@ -146,25 +161,22 @@ def best_row(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, An
 
 def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
     """Write ``out`` (CSV) and ``out`` with suffix ``.md`` (Markdown); one row per layer."""
-    import pandas as pd
+    from nwa.atomic import atomic_write_text
+    from nwa.tables import markdown_table, write_rows
 
-    frame = pd.DataFrame(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    write_rows(rows, out)
     md = out.with_suffix(".md")
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in frame.iterrows():
-        cells = [_cell(r[c]) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    md.write_text("\n".join(lines) + "\n")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    table = markdown_table(cols, [[_cell(r.get(c, math.nan)) for c in cols] for r in rows])
+    atomic_write_text(md, table + "\n")
     return out, md
 
 
 def _cell(v: Any) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.4f}"
-    return str(v).replace("|", "\\|")
+    return str(v)
 
 
 def print_table(rows: list[dict[str, Any]], metric: str, best: dict[str, Any] | None) -> None:
@@ -188,13 +200,19 @@ def print_table(rows: list[dict[str, Any]], metric: str, best: dict[str, Any] | 
 
 
 def logger_args(kind: str, save_dir: Path, group: str) -> list[str]:
-    """CSV files under ``save_dir`` (no account needed), or the recipe's logger in one group.
+    """W&B and CSV, CSV files under ``save_dir`` alone (no account needed), or the recipe's
+    logger; always in one group.
 
     ``save_dir`` is also the trainer's root, so nothing lands in the working directory (a
     ``fast_dev_run`` has no logger, and its checkpoints would go there)."""
     root = ["--trainer.default_root_dir", str(save_dir)]
     if kind == "config":
         return [*root, "--group", group]
+    if kind == "wandb":
+        from nwa.dashboard import twin_loggers
+
+        loggers = twin_loggers(save_dir, group, group, "layer-sweep", [f"sweep:{group}"], None)
+        return [*root, "--group", group, "--trainer.logger", loggers]
     csv = {
         "class_path": "lightning.pytorch.loggers.CSVLogger",
         "init_args": {"save_dir": str(save_dir)},

@@ -62,3 +62,17 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 def _cell(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, list | dict) else v
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table (tabulate's ``github`` format) of display values, written as
+    given: no number is re-parsed or re-formatted, ``|`` inside a cell is escaped."""
+    from tabulate import tabulate
+
+    def text(v: Any) -> str:
+        return str(v).replace("|", "\\|")
+
+    body = [[text(c) for c in row] for row in rows]
+    return tabulate(
+        body, headers=[text(h) for h in header], tablefmt="github", disable_numparse=True
+    )

@@ -123,7 +123,7 @@ def test_report_tables_are_mean_and_std_of_the_runs(tmp_path):
             continue  # aligner runs missing: their tables must say so, not invent numbers
         _fake_run(tmp_path, spec, m, error="RuntimeError: boom" if spec.method == "NWPA" else None)
     path, df = write_report(tmp_path, runs, {"suite": "quick"})
-    text = path.read_text()
+    text = re.sub(r" +", " ", path.read_text())  # column padding aside
     probex_row = next(line for line in text.splitlines() if line.startswith("| ProbeX |"))
     assert "0.800 ± 0.100" in probex_row  # mean and std of 0.8, 0.9, 0.7
     assert "| vision-resnet_micro-0 | 0.800 ± 0.100 |" in text
@@ -132,7 +132,7 @@ def test_report_tables_are_mean_and_std_of_the_runs(tmp_path):
     assert "0.100 ± 0.100" in text  # R² of WeightNet etc.: 0.0, 0.1, 0.2
     assert "0.0200 ± 0.0100" in text  # MAE of test_acc in the WeightNet table
     nwpa = next(line for line in text.splitlines() if line.startswith("| NWPA |"))
-    assert set(nwpa.strip("|").split("|")[1:]) <= {" - ", " 900 ", " 1,000 "}
+    assert {c.strip() for c in nwpa.strip("| ").split("|")[1:]} <= {"-", "900", "1,000"}
     assert "boom" in text and "failed" in text and "missing" in text
     for fig in (
         "nwa_embeddings_trees",
@@ -181,7 +181,7 @@ def test_a_run_finished_with_another_command_is_redone_and_not_reported(tmp_path
     # a report with no usable run at all (every run outdated or missing) still gets written
     path, df = write_report(tmp_path, runs, {"suite": "quick"})
     assert set(df["status"]) == {"outdated", "missing"}
-    assert "| vision-vit_micro-0 | - |" in path.read_text()
+    assert "| vision-vit_micro-0 | - |" in re.sub(r" +", " ", path.read_text())
 
 
 def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -238,7 +238,7 @@ def test_bench_runs_reports_and_skips_finished_runs(tiny_tree_zoo, tmp_path):
     )
     first = _bench(*common, cwd=tmp_path)
     assert "nwa bench (quick)" in first.stdout, first.stderr[-3000:]
-    report = (out / "report.md").read_text()
+    report = re.sub(r" +", " ", (out / "report.md").read_text())  # column padding aside
     planned = int(re.search(r"\((quick)\): (\d+) runs", first.stdout).group(2))
     finished = sorted(p.parent.name for p in out.glob("runs/*/result.json"))
     assert (

@@ -56,6 +56,15 @@ def test_sweep_over_two_layers_writes_a_table_and_names_the_best(recipe, tmp_pat
         assert list(ckpt["hyper_parameters"]["shapes"]["layers"]) == [row["layer"]]
         logged = pd.read_csv(tmp_path / "runs" / "dense" / row["run"] / "version_0" / "metrics.csv")
         assert logged.dropna(subset=["val/acc"])["epoch"].max() == 2
+    # and on W&B (offline): one group per sweep, best validation value in the summary
+    from nwa.runs import find_runs, load_run
+
+    found = [load_run(p) for p in find_runs(tmp_path / "runs" / "dense" / "wandb")]
+    assert sorted(r.name for r in found) == sorted(row["run"] for row in rows)
+    for run in found:
+        assert (run.group, run.job_type, run.tags) == ("dense", "layer-sweep", ["sweep:dense"])
+        row = next(r for r in rows if r["run"] == run.name)
+        assert run.summarized("val/acc", "max") == pytest.approx(row["val/acc"], rel=1e-6)
 
 
 def test_sweep_defaults_to_the_recipes_layers_and_limits_them(recipe, tmp_path):

@@ -1,4 +1,5 @@
-"""Figures of representations: a 2-D embedding map and a retrieval-examples grid (PNG, headless)."""
+"""Figures of representations: a 2-D embedding map and a retrieval-examples grid (PNG at 200 dpi
+and PDF, headless, in :mod:`nwa.eval.style`)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.patches import Rectangle
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
 
-matplotlib.use("Agg")  # headless: runs on cluster nodes without a display
+from nwa.eval.knn import as_numpy
+from nwa.eval.style import colour, figure, group_legend, marker, save, styled
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
-
-from nwa.eval.knn import as_numpy  # noqa: E402
-
-_LEGEND_MAX = 20  # above this many concepts a legend hides the plot
 _ONE_THREAD_MAX = 2000  # t-SNE of at most this many points runs on one thread
 
 
@@ -47,6 +44,7 @@ def project_2d(z: Any, method: str = "pca", seed: int = 0) -> np.ndarray:
     raise ValueError(f"method {method!r} is not 'pca' or 'tsne'")
 
 
+@styled
 def embedding_plot(
     z: Any,
     concepts: Sequence[str],
@@ -56,13 +54,15 @@ def embedding_plot(
     title: str | None = None,
     seed: int = 0,
 ) -> Path:
-    """Scatter of representations in 2-D, one colour per concept; held-out concepts as crosses.
+    """Scatter of representations in 2-D, one colour per concept (beyond 8 concepts, colour and
+    marker together), with a legend of every concept; held-out concepts hollow and marked
+    "(held out)" in the legend.
 
     Args:
         z: Representations.
         concepts: Each point's concept name.
         held_out: Whether each point's concept was held out of training.
-        path: The PNG to write (folders are created).
+        path: The PNG to write (folders are created; a PDF is written beside it).
         methods: One panel per method (``pca``, ``tsne``).
         title: Figure title.
         seed: Seed of the projections.
@@ -71,42 +71,52 @@ def embedding_plot(
         - z: [N, D]; concepts: [N]; held_out: [N]
     """
     held_out = np.asarray(held_out, dtype=bool)
+    concepts = np.asarray(concepts, dtype=str)
     names = sorted(set(concepts))
-    cmap = plt.get_cmap("tab20")
-    colour = {c: cmap(i % 20) for i, c in enumerate(names)}
-    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 5), squeeze=False)
-    for ax, method in zip(axes[0], methods):
+    fig = figure(4.2 * len(methods) + 1.6 * (1 + len(names) // 12), 4.2)
+    axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    for ax, method in zip(axes, methods):
         xy = project_2d(z, method, seed)
-        for c in names:
-            idx = np.array([k == c for k in concepts])
+        for i, c in enumerate(names):
+            idx = concepts == c
             out = bool(held_out[idx].any())
-            label = f"{c} (held out)" if out else c
-            ax.scatter(*xy[idx].T, color=colour[c], marker="x" if out else "o", s=28, label=label)
-        ax.set_title(method.upper() if method == "pca" else "t-SNE")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if len(names) <= _LEGEND_MAX:
-        axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+            face = "none" if out else colour(i)
+            ax.scatter(
+                *xy[idx].T,
+                s=28,
+                marker=marker(i),
+                facecolors=face,
+                edgecolors=colour(i),
+                label=f"{c} (held out)" if out else c,
+            )
+        name = "PC" if method == "pca" else "t-SNE"
+        ax.set_title("PCA" if method == "pca" else "t-SNE")
+        ax.set(xlabel=f"{name} 1 (a.u.)", ylabel=f"{name} 2 (a.u.)", xticks=[], yticks=[])
+    group_legend(
+        axes[-1], len(names), title="concept", loc="center left", bbox_to_anchor=(1.0, 0.5)
+    )
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
+@styled
 def retrieval_figure(
     examples: Sequence[dict[str, Any]], path: str | Path, title: str | None = None
 ) -> Path:
-    """A grid of example queries: the query's concept, then its nearest models' concepts,
-    green where the concept matches and red where it does not.
+    """A grid of example queries: the query's concept, then its nearest models' concepts and
+    distances, blue where the concept matches and orange where it does not.
 
     Args:
         examples: The output of :func:`nwa.eval.retrieval.nearest_examples`.
-        path: The PNG to write (folders are created).
+        path: The PNG to write (folders are created; a PDF is written beside it).
         title: Figure title.
     """
     if not examples:
         raise ValueError("no examples to draw")
     k = max(len(e["neighbours"]) for e in examples)
-    fig, ax = plt.subplots(figsize=(1.8 * (k + 1), 0.5 * len(examples) + 0.8))
+    fig = figure(1.8 * (k + 1), 0.5 * len(examples) + 1.4)
+    ax = fig.subplots()
     for r, example in enumerate(examples):
         row = len(examples) - 1 - r  # first query on top
         _cell(ax, 0, row, example["concept"], "#dddddd")
@@ -116,25 +126,29 @@ def retrieval_figure(
     ax.set_ylim(0, len(examples))
     ax.set_xticks(np.arange(k + 1) + 0.5, ["query"] + [f"#{i}" for i in range(1, k + 1)])
     ax.set_yticks([])
+    ax.grid(False)
     ax.xaxis.tick_top()
+    ax.xaxis.set_label_position("top")
+    ax.set(xlabel="neighbour rank (cell: concept, distance to the query)", ylabel="query model")
+    ax.legend(
+        handles=[
+            Rectangle((0, 0), 1, 1, color=_match(True), label="same concept"),
+            Rectangle((0, 0), 1, 1, color=_match(False), label="other concept"),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.02),
+        ncols=2,
+    )
     if title:
         ax.set_title(title, pad=24)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _match(match: bool) -> str:
-    return "#b7e4b0" if match else "#f4b6b0"
+    # blue / orange of Okabe-Ito, lightened: told apart without red-green vision
+    return "#a6cbe3" if match else "#f5cf8a"
 
 
-def _cell(ax: Any, x: int, y: int, text: str, colour: str) -> None:
-    ax.add_patch(plt.Rectangle((x, y), 1, 1, facecolor=colour, edgecolor="white"))
+def _cell(ax: Any, x: int, y: int, text: str, fill: str) -> None:
+    ax.add_patch(Rectangle((x, y), 1, 1, facecolor=fill, edgecolor="white"))
     ax.text(x + 0.5, y + 0.5, text, ha="center", va="center", fontsize=7)
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path

@@ -1,8 +1,9 @@
 """Running one suite run in this process and keeping what the report needs.
 
 Each run gets a folder ``<out>/runs/<key>/`` with the CSV log in ``<key>/version_0/``
-(``metrics.csv`` per epoch, read
-back by :mod:`nwa.runs`, so ``python -m nwa.compare`` works on it) and, once it finished,
+(``metrics.csv`` per epoch) and the W&B run (offline unless logged in) in ``wandb/``, with its
+group, job type, tags and best-value summaries (:mod:`nwa.dashboard`); :mod:`nwa.runs` reads
+both, so ``python -m nwa.compare`` works on them. Once it finished, the folder holds
 ``result.json`` (test metrics, parameter counts, timings) and ``outputs.npz`` (predictions,
 targets and representations of every model, with its split and tree). ``result.json`` is
 written last and atomically: a folder without it is an unfinished run and is redone, and so is
@@ -28,6 +29,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from nwa.atomic import atomic_path, atomic_write_text
-from nwa.suite.plan import RunSpec
+from nwa.dashboard import finish_run, run_tags, twin_loggers
+from nwa.suite.plan import CONCEPT, EXPERTS, RunSpec
 from nwa.zoo.build import cpu_cores
 
 RESULT, OUTPUTS = "result.json", "outputs.npz"
@@ -106,14 +109,48 @@ def log_dir(folder: Path) -> Path:
     return folder / folder.name / "version_0"
 
 
-def logger_args(folder: Path) -> list[str]:
-    """CSV logging into ``folder`` under the run's name (its key: runs compared with
-    ``nwa.compare`` or synced to W&B keep it), and no per-run progress bar."""
+@dataclass(frozen=True)
+class Dashboard:
+    """How the suite's runs appear on W&B (see :mod:`nwa.dashboard`).
+
+    Args:
+        group: W&B group of every run of the suite (``bench-quick``).
+        zoos: ``--data.init_args.zoo`` value -> ``(zoo name, content hash)``.
+    """
+
+    group: str
+    zoos: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def job_type(self, spec: RunSpec) -> str:
+        """``classes``, ``properties``, ``align`` (LoRA concepts), ``per-tree`` or ``experts``."""
+        if spec.task == CONCEPT:
+            return "align"
+        if spec.method == EXPERTS.name:
+            return "experts"
+        return "per-tree" if spec.subset.startswith("vision-") else spec.task
+
+    def tags(self, spec: RunSpec) -> list[str]:
+        args = list(spec.args)
+        zoo = args[args.index("--data.init_args.zoo") + 1] if "--data.init_args.zoo" in args else ""
+        name, digest = self.zoos.get(zoo, (Path(zoo).name, "unknown"))
+        return run_tags(spec.method, spec.subset, name, digest, spec.seed)
+
+
+def logger_args(
+    folder: Path, spec: RunSpec | None = None, board: Dashboard | None = None
+) -> list[str]:
+    """W&B and CSV logging into ``folder`` under the run's name (its key: runs compared with
+    ``nwa.compare`` or synced to W&B keep it), and no per-run progress bar. The CSV log is
+    ``<folder>/<key>/version_0``, the W&B run ``<folder>/wandb/``."""
+    board = board or Dashboard("bench")
+    job_type = board.job_type(spec) if spec else None
+    tags = board.tags(spec) if spec else []
+    fields = {"method": spec.method, "tree": spec.subset, "seed": spec.seed} if spec else {}
+    loggers = twin_loggers(folder, folder.name, board.group, job_type, tags, "0", fields)
     return [
-        *("--run_name", folder.name),
-        *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
-        *("--trainer.logger.save_dir", str(folder), "--trainer.logger.name", folder.name),
-        *("--trainer.logger.version", "0", "--trainer.default_root_dir", str(folder)),
+        *("--run_name", folder.name, "--group", board.group),
+        *("--trainer.logger", loggers),
+        *("--trainer.default_root_dir", str(folder)),
         *("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"),
         "--trainer.callbacks+=nwa.suite.execute.EpochTimer",
     ]
@@ -172,7 +209,9 @@ def _split_names(splits: Any, groups: dict[str, list[str]]) -> list[str]:
     return [part.get(s, s) for s in splits]
 
 
-def execute(spec: RunSpec, folder: Path, keep_checkpoints: bool = False) -> dict[str, Any]:
+def execute(
+    spec: RunSpec, folder: Path, keep_checkpoints: bool = False, board: Dashboard | None = None
+) -> dict[str, Any]:
     """Train and test ``spec`` (through the same code as ``python -m nwa.fit``) into ``folder``.
 
     A run that fails is recorded with its error (and its traceback in ``error.txt``), so the
@@ -189,7 +228,7 @@ def execute(spec: RunSpec, folder: Path, keep_checkpoints: bool = False) -> dict
     log = open(folder / "output.txt", "w")  # noqa: SIM115 - closed below, after the run
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            cli = main("fit", [*spec.args, *logger_args(folder)])
+            cli = main("fit", [*spec.args, *logger_args(folder, spec, board)])
         fit_s = time.perf_counter() - start
         trainer, model, dm = cli.trainer, cli.model, cli.datamodule
         # the best checkpoint on validation, or the last weights when no validation ran yet
@@ -237,6 +276,8 @@ def execute(spec: RunSpec, folder: Path, keep_checkpoints: bool = False) -> dict
         (folder / "error.txt").write_text(traceback.format_exc())
         result["wall_s"] = round(time.perf_counter() - start, 2)
     finally:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            finish_run()
         log.close()
     if not keep_checkpoints:
         for ckpt in folder.rglob("*.ckpt"):
@@ -277,8 +318,10 @@ def _worker_init(threads: int) -> None:
     quiet()
 
 
-def _execute_in_worker(spec: RunSpec, folder: Path, keep: bool) -> dict[str, Any]:
-    return execute(spec, folder, keep)
+def _execute_in_worker(
+    spec: RunSpec, folder: Path, keep: bool, board: Dashboard | None
+) -> dict[str, Any]:
+    return execute(spec, folder, keep, board)
 
 
 def run_all(
@@ -288,6 +331,7 @@ def run_all(
     keep_checkpoints: bool = False,
     started: Callable[[RunSpec], None] | None = None,
     finished: Callable[[RunSpec, dict[str, Any]], None] | None = None,
+    board: Dashboard | None = None,
 ) -> list[dict[str, Any]]:
     """Execute ``specs`` into ``out/runs/<key>``, ``jobs`` at a time.
 
@@ -301,7 +345,7 @@ def run_all(
         for spec in specs:
             if started:
                 started(spec)
-            res = execute(spec, out / "runs" / spec.key, keep_checkpoints)
+            res = execute(spec, out / "runs" / spec.key, keep_checkpoints, board)
             results.append(res)
             if finished:
                 finished(spec, res)
@@ -317,7 +361,7 @@ def run_all(
             while queue and len(running) < jobs:
                 spec = queue.pop(0)
                 fut = pool.submit(
-                    _execute_in_worker, spec, out / "runs" / spec.key, keep_checkpoints
+                    _execute_in_worker, spec, out / "runs" / spec.key, keep_checkpoints, board
                 )
                 running[fut] = spec
                 if started:
