@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     p.add_argument("--vision-zoo", help="zoo with vision-* trees and forest-* (name or folder)")
     p.add_argument("--lora-zoo", help="zoo with unet_lora members (name or folder)")
+    p.add_argument("--mixed-zoo", help="zoo of mixed architectures with the archeology labels")
     p.add_argument(
         "--methods", nargs="+", help="methods of the NWA and WeightNet sections (default all)"
     )
@@ -97,6 +98,7 @@ def _headline(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from nwa.progress import count_bar
+    from nwa.suite import archeology
     from nwa.suite.execute import load_result, needs_run, run_all
     from nwa.suite.plan import FAMILIES, METHODS, SUITES, RunSpec, layer_for, plan
     from nwa.suite.report import write_report
@@ -122,11 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         lora = zoo_path(args.lora_zoo or suite.lora_zoo)
         trees, layers = _zoo_layout(vision)
         runs = plan(suite, str(vision), str(lora), trees, layers)
+        mixed = zoo_path(args.mixed_zoo or archeology.ZOOS[suite.name])
+        epochs = args.epochs or archeology.EPOCHS[suite.name]
+        mixed_runs = archeology.plan_runs(str(mixed), suite.seeds, epochs)
     except (NwaError, ValueError) as e:
         print(f"nwa: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for spec in runs:
+        for spec in runs + mixed_runs:
             print(spec.key, " ".join(spec.args))
         return 0
     out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(task, advance=1, description=", ".join(active))
 
             run_all(todo, out, args.jobs, args.keep_checkpoints, started, finished)
+    if not args.report:
+        archeology.run_section(out, mixed_runs, args.jobs, args.force)
     header = {
         "suite": suite.name,
         "command": "python -m nwa.bench " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -163,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:  # a report-only call times nothing worth stating
         header["this call's wall time"] = f"{(time.perf_counter() - t0) / 60:.1f} min"
     path, df = write_report(out, runs, header)
+    mixed_missing = archeology.append_section(path, out, mixed_runs, mixed.name)
     others = df["status"][df["status"] != "done"].value_counts()
     rest = ", ".join(f"{n} {status}" for status, n in others.items()) or "none failed or missing"
     print(f"report: {path} ({len(df) - int(others.sum())} runs finished; {rest})")
-    return 1 if len(others) else 0
+    return 1 if len(others) or mixed_missing else 0
 
 
 if __name__ == "__main__":
