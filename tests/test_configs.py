@@ -97,8 +97,8 @@ def labels_small_cnn_zoo_has(raw: dict) -> list[str]:
     if target == "properties":
         kept = [p for p in data["properties"] if p in ("test_acc", "train_acc", "gen_gap")]
         return ["--data.init_args.properties", f"[{', '.join(kept)}]"]
-    if target == "labels" and data["zoo"] == "default_mixed":  # its labels: a class and a value
-        return ["--data.init_args.properties", "[activation, test_acc]"]
+    if target == "labels" and data["zoo"] == "default_mixed":  # two of its labels
+        return ["--data.init_args.properties", "[test_acc, train_acc]"]
     return ["--data.init_args.target", "activation"]  # a categorical label instead of a concept
 
 
