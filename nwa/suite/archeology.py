@@ -210,6 +210,9 @@ def targets_text(df: pd.DataFrame, chance: dict[str, float]) -> list[str]:
     lines = []
     for label in CLASS_LABELS:
         acc = _mean(df, "NWPA", f"test/{label}_acc")
+        if not np.isfinite(acc):
+            lines.append(f"- NWPA {label}: no finished NWPA run")
+            continue
         verdict = "above" if acc > chance[label] else "not above"
         lines.append(
             f"- NWPA {label} accuracy {acc:.3f}: {verdict} chance "
@@ -264,11 +267,8 @@ def section(out: Path, runs: Sequence[RunSpec], zoo: str) -> str:
     ]
     lines += tables(df)
     lines += targets_text(df, chance_levels(out, df)) + [""]
-    cost = [
-        f"{m} {_mean(df, m, 'train_s_per_epoch_per_1000'):.1f} s"
-        for m in NETWORKS
-        if "train_s_per_epoch_per_1000" in df
-    ]
+    per_1000 = {m: _mean(df, m, "train_s_per_epoch_per_1000") for m in NETWORKS}
+    cost = [f"{m} {v:.1f} s" for m, v in per_1000.items() if np.isfinite(v)]
     if cost:
         lines += ["Training cost per epoch per 1,000 models: " + ", ".join(cost) + ".", ""]
     for path in draw_all(out, df):
