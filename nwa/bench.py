@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     p.add_argument("--vision-zoo", help="zoo with vision-* trees and forest-* (name or folder)")
     p.add_argument("--lora-zoo", help="zoo with unet_lora members (name or folder)")
+    p.add_argument("--mixed-zoo", help="zoo of mixed architectures with the archeology labels")
     p.add_argument(
         "--methods", nargs="+", help="methods of the NWA and WeightNet sections (default all)"
     )
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from nwa.dashboard import log_suite
     from nwa.progress import count_bar
+    from nwa.suite import archeology
     from nwa.suite.execute import load_result, needs_run, run_all
     from nwa.suite.plan import FAMILIES, METHODS, SUITES, RunSpec, layer_for, plan
     from nwa.suite.report import write_report
@@ -184,11 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         runs = plan(suite, str(vision), str(lora), trees, layers)
         if args.tasks:
             runs = [r for r in runs if r.task in args.tasks]
+        mixed = zoo_path(args.mixed_zoo or archeology.ZOOS[suite.name])
+        epochs = args.epochs or archeology.EPOCHS[suite.name]
+        mixed_runs = archeology.plan_runs(str(mixed), suite.seeds, epochs)
     except (NwaError, ValueError) as e:
         print(f"nwa: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for spec in runs:
+        for spec in runs + mixed_runs:
             print(spec.key, " ".join(spec.args))
         return 0
     out.mkdir(parents=True, exist_ok=True)
@@ -227,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_on_slurm(todo, out, opts, args.keep_checkpoints, started, finished, board)
             else:
                 run_all(todo, out, args.jobs, args.keep_checkpoints, started, finished, board)
+    if not args.report:
+        archeology.run_section(out, mixed_runs, args.jobs, args.force)
     header = {
         "suite": suite.name,
         "command": "python -m nwa.bench " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -239,13 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:  # a report-only call times nothing worth stating
         header["this call's wall time"] = f"{(time.perf_counter() - t0) / 60:.1f} min"
     path, df = write_report(out, runs, header)
+    mixed_missing = archeology.append_section(path, out, mixed_runs, mixed.name)
     figures = sorted((out / "figures").glob("*.png"))
     with _quiet_wandb():
         log_suite(out, df, figures, board.group, header)
     others = df["status"][df["status"] != "done"].value_counts()
     rest = ", ".join(f"{n} {status}" for status, n in others.items()) or "none failed or missing"
     print(f"report: {path} ({len(df) - int(others.sum())} runs finished; {rest})")
-    return 1 if len(others) else 0
+    return 1 if len(others) or mixed_missing else 0
 
 
 if __name__ == "__main__":

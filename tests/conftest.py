@@ -104,3 +104,14 @@ def offline_hub(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     use_offline_cache(monkeypatch, hub_cache)
     return hub_cache
+
+
+# --- a tiny mixed-architecture zoo (MLP, CNN, ResNet, ViT), for the archeology tests ----------
+
+
+@pytest.fixture(scope="session")
+def tiny_mixed_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests.mixed_zoo's tiny zoo, built once per session."""
+    from tests.mixed_zoo import build_tiny_mixed
+
+    return build_tiny_mixed(tmp_path_factory.mktemp("mixed_zoo"))

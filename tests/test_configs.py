@@ -88,16 +88,19 @@ def test_bad_fragments_fail_in_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 @pytest.mark.slow
-def test_recipe_runs_on_the_tiny_zoo(config, tiny_zoo, tmp_path, monkeypatch):
+def test_recipe_runs_on_the_tiny_zoo(config, request, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw = composed(config)
-    assert raw["data"]["init_args"]["zoo"] in ("default_vision", "default_lora"), (
+    embedded = raw["data"]["init_args"]["zoo"]
+    assert embedded in ("default_vision", "default_lora", "default_mixed"), (
         "recipes name an embedded zoo"
     )
+    # the mixed-architecture recipes read labels only the mixed zoos have
+    zoo = request.getfixturevalue("tiny_mixed_zoo" if embedded == "default_mixed" else "tiny_zoo")
     cli, results = fit(
         [
             *("--config", str(config)),
-            *("--data.init_args.zoo", str(tiny_zoo)),
+            *("--data.init_args.zoo", str(zoo)),
             *("--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)),
             *(
                 "--trainer.logger",
@@ -153,6 +156,8 @@ def labels_small_cnn_zoo_has(raw: dict) -> list[str]:
     if target == "properties":
         kept = [p for p in data["properties"] if p in ("test_acc", "train_acc", "gen_gap")]
         return ["--data.init_args.properties", f"[{', '.join(kept)}]"]
+    if target == "labels" and data["zoo"] == "default_mixed":  # two of its labels
+        return ["--data.init_args.properties", "[test_acc, train_acc]"]
     return ["--data.init_args.target", "activation"]  # a categorical label instead of a concept
 
 

@@ -223,16 +223,24 @@ class Normalizer:
     def __call__(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self._identity(tensors):
             return tensors
-        return {n: (t - self.mean[n]) / self.std[n] for n, t in tensors.items()}
+        return {n: (t - self._mean(n)) / self._std(n) for n, t in tensors.items()}
 
     def apply_(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Normalise ``tensors`` in place (the same values :meth:`__call__` returns)."""
         if not self._identity(tensors):
             for n, t in tensors.items():
-                t.sub_(self.mean[n]).div_(self.std[n])
+                t.sub_(self._mean(n)).div_(self._std(n))
+
+    # a tensor no training model holds (an architecture or width seen only in evaluation)
+    # keeps its own scale
+    def _mean(self, name: str) -> float:
+        return self.mean.get(name, 0.0)
+
+    def _std(self, name: str) -> float:
+        return self.std.get(name, 1.0)
 
     def _identity(self, names: Iterable[str]) -> bool:
-        return all(self.mean[n] == 0.0 and self.std[n] == 1.0 for n in names)
+        return all(self._mean(n) == 0.0 and self._std(n) == 1.0 for n in names)
 
 
 def make_input(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,8 +55,24 @@ ARCHS: dict[str, dict[str, Any]] = {
         "num_heads": 2,
         "mlp_ratio": 2.0,
     },
+    "vit_mini": {  # vit_micro's width with 4-pixel patches, for 8-, 12- and 16-pixel images
+        "family": "vit",
+        "patch_size": 4,
+        "embed_dim": 32,
+        "depth": 1,
+        "num_heads": 2,
+        "mlp_ratio": 2.0,
+    },
+    # Plain chains (nn.Sequential): an MLP on the flattened image, and the Small CNN Zoo's
+    # convolutions (3x3, stride 2, ReLU) with global average pooling and a linear head.
+    "mlp_small": {"family": "mlp", "hidden": [32, 32]},
+    "mlp_wide": {"family": "mlp", "hidden": [64]},
+    "cnn_small": {"family": "cnn", "channels": [8, 8, 16]},
+    "cnn_wide": {"family": "cnn", "channels": [16, 16, 16]},
 }
 AUGMENTATIONS = ("hflip", "shift")
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+"""Member optimizers: ``sgd`` has momentum 0.9, the others torch's defaults."""
 
 
 def arch_name(arch: str) -> str:
@@ -92,14 +109,44 @@ def finish_model(model: nn.Module, in_chans: int, img_size: int) -> nn.Module:
     return model
 
 
+def family_of(arch: str) -> str:
+    """An architecture's family: its row's ``family``, else the timm name's leading letters
+    (``resnet18`` -> ``resnet``, ``vit_small_patch16_224`` -> ``vit``)."""
+    if arch in ARCHS:
+        return str(ARCHS[arch]["family"])
+    return re.match(r"[a-z]*", arch_name(arch)).group(0) or arch_name(arch)
+
+
+def _chain(
+    family: str, spec: dict[str, Any], num_classes: int, in_chans: int, img_size: int
+) -> nn.Module:
+    """An MLP on the flattened image or a Small-CNN-Zoo-style convolution chain."""
+    layers: list[nn.Module] = []
+    if family == "mlp":
+        width = in_chans * img_size * img_size
+        layers.append(nn.Flatten())
+        for hidden in spec["hidden"]:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+    else:
+        width = in_chans
+        for channels in spec["channels"]:
+            layers += [nn.Conv2d(width, channels, 3, stride=2, padding=1), nn.ReLU()]
+            width = channels
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+
 def _builtin(arch: str, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
     spec = dict(ARCHS[arch])
     family = spec.pop("family")
     channels_last = spec.pop("channels_last", False)
-    if family == "resnet":
+    if family in ("mlp", "cnn"):
+        model: nn.Module = _chain(family, spec, num_classes, in_chans, img_size)
+    elif family == "resnet":
         from timm.models.resnet import BasicBlock, ResNet
 
-        model: nn.Module = ResNet(
+        model = ResNet(
             BasicBlock,
             spec["layers"],
             num_classes=num_classes,
@@ -194,6 +241,19 @@ def augment(x: torch.Tensor, flags: dict[str, bool], g: torch.Generator) -> torc
     return x
 
 
+def make_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """One of :data:`OPTIMIZERS` over ``params``."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+
+
 def train(
     model: nn.Module,
     x: Images,
@@ -204,11 +264,13 @@ def train(
     batch_size: int,
     seed: int,
     flags: dict[str, bool] | None = None,
+    optimizer: str = "adamw",
 ) -> float:
-    """Plain AdamW + cosine loop over uint8 images on the model's device; returns the mean loss
-    of the last 10 steps."""
+    """Plain loop with a cosine schedule over uint8 images on the model's device (AdamW
+    unless ``optimizer`` names another of :data:`OPTIMIZERS`); returns the mean loss of the
+    last 10 steps."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
     )

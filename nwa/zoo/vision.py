@@ -63,6 +63,23 @@ def _space_problem(s: dict[str, list], splits: list[float], split_within: str) -
     return None
 
 
+def sample_hparams(
+    rng: np.random.Generator, space: dict[str, list], lr: Sequence[float]
+) -> dict[str, Any]:
+    """A member's hyperparameters from ``space`` (learning rate log-uniform in ``lr``), drawn
+    in a fixed order so that a generator in one state gives one member."""
+    s = space
+    return {
+        "lr": float(np.exp(rng.uniform(np.log(lr[0]), np.log(lr[1])))),
+        "steps": int(rng.integers(s["steps"][0], s["steps"][1] + 1)),
+        "weight_decay": float(rng.choice(s["weight_decay"])),
+        "batch_size": int(rng.choice(s["batch_size"])),
+        "train_images": int(rng.choice(s["train_images"])),
+        **{f: bool(rng.random() < 0.5) for f in s["augment"]},
+        "seed": int(rng.integers(0, 2**31 - 1)),
+    }
+
+
 class VisionRecipe(Recipe):
     """Trees of timm classifiers fine-tuned on class subsets.
 
@@ -289,17 +306,7 @@ class VisionRecipe(Recipe):
         }
 
     def _sample(self, rng: np.random.Generator, arch: str) -> dict[str, Any]:
-        s = self.space
-        lo, hi = np.log(s["lr"][0]), np.log(s["lr"][1])
-        hp = {
-            "lr": float(np.exp(rng.uniform(lo, hi))),
-            "steps": int(rng.integers(s["steps"][0], s["steps"][1] + 1)),
-            "weight_decay": float(rng.choice(s["weight_decay"])),
-            "batch_size": int(rng.choice(s["batch_size"])),
-            "train_images": int(rng.choice(s["train_images"])),
-            **{f: bool(rng.random() < 0.5) for f in s["augment"]},
-            "seed": int(rng.integers(0, 2**31 - 1)),
-        }
+        hp = sample_hparams(rng, self.space, self.space["lr"])
         classes = sorted(int(c) for c in rng.choice(self._n(), size=self._k(), replace=False))
         return {"arch": arch, "classes": classes, "hparams": hp}
 
