@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, help="max_epochs of every gradient-trained run")
     p.add_argument(
+        "--property-zoo", help="zoo of small CNNs for the property section (name or folder)"
+    )
+    p.add_argument(
+        "--property-methods", nargs="+", help="methods of the property section (default all)"
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=2,
@@ -97,6 +103,7 @@ def _headline(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from nwa.progress import count_bar
+    from nwa.suite import properties
     from nwa.suite.execute import load_result, needs_run, run_all
     from nwa.suite.plan import FAMILIES, METHODS, SUITES, RunSpec, layer_for, plan
     from nwa.suite.report import write_report
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         suite = replace(suite, tree_methods=tuple(args.tree_methods))
     if args.epochs:
         suite = replace(suite, epochs={"default": args.epochs, "aligner": args.epochs})
-    unknown = sorted(set(suite.nwa_methods + suite.tree_methods) - set(METHODS))
+    chosen = (*suite.nwa_methods, *suite.tree_methods, *(args.property_methods or ()))
+    unknown = sorted(set(chosen) - set(METHODS))
     if unknown:
         print(f"nwa: unknown methods {unknown}; choose from {list(METHODS)}", file=sys.stderr)
         return 2
@@ -122,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         lora = zoo_path(args.lora_zoo or suite.lora_zoo)
         trees, layers = _zoo_layout(vision)
         runs = plan(suite, str(vision), str(lora), trees, layers)
+        prop_runs, prop_zoo = properties.plan_runs(suite, args.property_zoo, args.property_methods)
+        runs += prop_runs
     except (NwaError, ValueError) as e:
         print(f"nwa: {e}", file=sys.stderr)
         return 2
@@ -151,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(task, advance=1, description=", ".join(active))
 
             run_all(todo, out, args.jobs, args.keep_checkpoints, started, finished)
+    if not args.report:
+        properties.run_checks(out, prop_zoo, suite.seeds, args.force)
     header = {
         "suite": suite.name,
         "command": "python -m nwa.bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "zoos": f"vision {vision.name}, LoRA {lora.name}",
+        "zoos": f"vision {vision.name}, LoRA {lora.name}, properties {prop_zoo.name}",
         "seeds": ", ".join(map(str, suite.seeds)),
         "layers of ProbeX, Dense and PCA": "; ".join(
             f"{fam} `{layer_for(FAMILIES[fam], names)}`" for fam, names in layers.items()

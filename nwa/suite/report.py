@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nwa.suite import figures
+from nwa.suite import figures, properties
 from nwa.suite.execute import OUTPUTS, load_result, log_dir, needs_run
 from nwa.suite.plan import CLASSES, CONCEPT, METHODS, PROPERTIES, RunSpec
 from nwa.zoo.build import cpu_cores
@@ -611,6 +611,7 @@ def write_report(
     lines += nwa_section(out, df, figs)
     lines += weightnet_section(out, df, figs)
     lines += probex_section(out, df, figs)
+    lines += properties.section(out, df, figs)
     lines += runs_section(df)
     df.to_csv(out / "results.csv", index=False)
     path = out / "report.md"
