@@ -45,10 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, help="max_epochs of every gradient-trained run")
     p.add_argument(
-        "--property-zoo", help="zoo of small CNNs for the property section (name or folder)"
+        "--property-zoo",
+        help="zoo of small CNNs for the property section (name or folder; default "
+        "default_properties, small_properties with --quick; 'none' skips the section)",
     )
     p.add_argument(
-        "--property-methods", nargs="+", help="methods of the property section (default all)"
+        "--property-methods",
+        nargs="+",
+        help="methods of the property section (default: --methods, else all)",
     )
     p.add_argument(
         "--jobs",
@@ -130,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         lora = zoo_path(args.lora_zoo or suite.lora_zoo)
         trees, layers = _zoo_layout(vision)
         runs = plan(suite, str(vision), str(lora), trees, layers)
-        prop_runs, prop_zoo = properties.plan_runs(suite, args.property_zoo, args.property_methods)
-        runs += prop_runs
+        prop_zoo = None
+        if str(args.property_zoo).lower() != "none":
+            methods = args.property_methods or args.methods
+            prop_runs, prop_zoo = properties.plan_runs(suite, args.property_zoo, methods)
+            runs += prop_runs
     except (NwaError, ValueError) as e:
         print(f"nwa: {e}", file=sys.stderr)
         return 2
@@ -161,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(task, advance=1, description=", ".join(active))
 
             run_all(todo, out, args.jobs, args.keep_checkpoints, started, finished)
-    if not args.report:
+    if prop_zoo is not None and not args.report:
         properties.run_checks(out, prop_zoo, suite.seeds, args.force)
     header = {
         "suite": suite.name,
         "command": "python -m nwa.bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "zoos": f"vision {vision.name}, LoRA {lora.name}, properties {prop_zoo.name}",
+        "zoos": f"vision {vision.name}, LoRA {lora.name}"
+        + (f", properties {prop_zoo.name}" if prop_zoo else ""),
         "seeds": ", ".join(map(str, suite.seeds)),
         "layers of ProbeX, Dense and PCA": "; ".join(
             f"{fam} `{layer_for(FAMILIES[fam], names)}`" for fam, names in layers.items()
