@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="the quick preset's epochs")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
     p.add_argument("--out", type=Path, default=Path("runs/property-section"))
+    p.add_argument(
+        "--report", action="store_true", help="only write the report (unrun runs: missing)"
+    )
     args = p.parse_args(argv)
     suite = replace(SUITES["quick" if args.quick else "full"], seeds=tuple(range(args.seeds)))
     if args.epochs:
@@ -42,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     runs, zoo = properties.plan_runs(suite, args.zoo, args.methods)
     todo = [s for s in runs if needs_run(s, load_result(args.out / "runs" / s.key))]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} finished; zoo {zoo}", flush=True)
-    run_all(todo, args.out, args.jobs, finished=lambda s, r: print(s.key, r.get("wall_s")))
-    properties.run_checks(args.out, zoo, suite.seeds)
+    if not args.report:
+        run_all(todo, args.out, args.jobs, finished=lambda s, r: print(s.key, r.get("wall_s")))
+        properties.run_checks(args.out, zoo, suite.seeds)
     df = load_results(args.out, runs)
     lines = [
         "# Property section",
