@@ -49,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     p.add_argument("--vision-zoo", help="zoo with vision-* trees and forest-* (name or folder)")
     p.add_argument("--lora-zoo", help="zoo with unet_lora members (name or folder)")
-    p.add_argument("--mixed-zoo", help="zoo of mixed architectures with the archeology labels")
+    p.add_argument(
+        "--mixed-zoo",
+        help="zoo of mixed architectures with the archeology labels (default default_mixed, "
+        "small_mixed with --quick; 'none' skips the section)",
+    )
     p.add_argument(
         "--methods", nargs="+", help="methods of the NWA and WeightNet sections (default all)"
     )
@@ -65,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
         help="only the runs of these tasks (default all; concept: the LoRA aligners)",
     )
     p.add_argument("--epochs", type=int, help="max_epochs of every gradient-trained run")
+    p.add_argument(
+        "--property-zoo",
+        help="zoo of small CNNs for the property section (name or folder; default "
+        "default_properties, small_properties with --quick; 'none' skips the section)",
+    )
+    p.add_argument(
+        "--property-methods",
+        nargs="+",
+        help="methods of the property section (default: --methods, else all)",
+    )
     p.add_argument(
         "--jobs",
         type=int,
@@ -99,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 def _zoo_layout(path: Path) -> tuple[list[str], dict[str, list[str]]]:
     """The zoo's pretrained trees and, per architecture family, one member's tensor names."""
     from nwa.suite.plan import FAMILIES
-    from nwa.weights.adapters import open_zoo
+    from nwa.zoo.adapters import open_zoo
 
     zoo = open_zoo(path)
     table = zoo.table
@@ -158,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from nwa.dashboard import log_suite
     from nwa.progress import count_bar
-    from nwa.suite import archeology
+    from nwa.suite import archeology, properties
     from nwa.suite.execute import load_result, needs_run, run_all
     from nwa.suite.plan import FAMILIES, METHODS, SUITES, RunSpec, layer_for, plan
     from nwa.suite.report import write_report
@@ -173,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         suite = replace(suite, tree_methods=tuple(args.tree_methods))
     if args.epochs:
         suite = replace(suite, epochs={"default": args.epochs, "aligner": args.epochs})
-    unknown = sorted(set(suite.nwa_methods + suite.tree_methods) - set(METHODS))
+    chosen = (*suite.nwa_methods, *suite.tree_methods, *(args.property_methods or ()))
+    unknown = sorted(set(chosen) - set(METHODS))
     if unknown:
         print(f"nwa: unknown methods {unknown}; choose from {list(METHODS)}", file=sys.stderr)
         return 2
@@ -184,11 +199,18 @@ def main(argv: list[str] | None = None) -> int:
         lora = zoo_path(args.lora_zoo or suite.lora_zoo)
         trees, layers = _zoo_layout(vision)
         runs = plan(suite, str(vision), str(lora), trees, layers)
+        prop_zoo = None
+        if str(args.property_zoo).lower() != "none":
+            methods = args.property_methods or args.methods
+            prop_runs, prop_zoo = properties.plan_runs(suite, args.property_zoo, methods)
+            runs += prop_runs
         if args.tasks:
             runs = [r for r in runs if r.task in args.tasks]
-        mixed = zoo_path(args.mixed_zoo or archeology.ZOOS[suite.name])
-        epochs = args.epochs or archeology.EPOCHS[suite.name]
-        mixed_runs = archeology.plan_runs(str(mixed), suite.seeds, epochs)
+        mixed, mixed_runs = None, []
+        if str(args.mixed_zoo).lower() != "none":
+            mixed = zoo_path(args.mixed_zoo or archeology.ZOOS[suite.name])
+            epochs = args.epochs or archeology.EPOCHS[suite.name]
+            mixed_runs = archeology.plan_runs(str(mixed), suite.seeds, epochs)
     except (NwaError, ValueError) as e:
         print(f"nwa: {e}", file=sys.stderr)
         return 2
@@ -232,12 +254,15 @@ def main(argv: list[str] | None = None) -> int:
                 run_on_slurm(todo, out, opts, args.keep_checkpoints, started, finished, board)
             else:
                 run_all(todo, out, args.jobs, args.keep_checkpoints, started, finished, board)
-    if not args.report:
+    if mixed_runs and not args.report:
         archeology.run_section(out, mixed_runs, args.jobs, args.force)
+    if prop_zoo is not None and not args.report:
+        properties.run_checks(out, prop_zoo, suite.seeds, args.force)
     header = {
         "suite": suite.name,
         "command": "python -m nwa.bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "zoos": f"vision {vision.name}, LoRA {lora.name}",
+        "zoos": f"vision {vision.name}, LoRA {lora.name}"
+        + (f", properties {prop_zoo.name}" if prop_zoo else ""),
         "seeds": ", ".join(map(str, suite.seeds)),
         "layers of ProbeX, Dense and PCA": "; ".join(
             f"{fam} `{layer_for(FAMILIES[fam], names)}`" for fam, names in layers.items()
@@ -246,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:  # a report-only call times nothing worth stating
         header["this call's wall time"] = f"{(time.perf_counter() - t0) / 60:.1f} min"
     path, df = write_report(out, runs, header)
-    mixed_missing = archeology.append_section(path, out, mixed_runs, mixed.name)
+    mixed_missing = 0
+    if mixed is not None:
+        mixed_missing = archeology.append_section(path, out, mixed_runs, mixed.name)
     figures = sorted((out / "figures").glob("*.png"))
     with _quiet_wandb():
         log_suite(out, df, figures, board.group, header)

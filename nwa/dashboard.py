@@ -79,7 +79,7 @@ def zoo_fingerprint(path: str | Path) -> str:
     Raises:
         ZooError: The folder is not a zoo.
     """
-    from nwa.weights.adapters import open_zoo
+    from nwa.zoo.adapters import open_zoo
 
     path = Path(path)
     h = hashlib.sha256(open_zoo(path).table.to_csv(index=False).encode())

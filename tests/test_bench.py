@@ -234,6 +234,7 @@ def test_bench_runs_reports_and_skips_finished_runs(tiny_tree_zoo, tmp_path):
     common = (
         *("--quick", "--vision-zoo", str(tiny_zoo), "--lora-zoo", str(tiny_zoo)),
         *("--out", str(out), "--seeds", "2", "--epochs", "3"),
+        *("--property-zoo", "none", "--mixed-zoo", "none"),
         *("--methods", "ProbeX", "FlatMLP", "WeightNet", "--tree-methods", "ProbeX", "StatNN-GBT"),
     )
     first = _bench(*common, cwd=tmp_path)

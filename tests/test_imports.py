@@ -89,13 +89,10 @@ FORBIDDEN = {
     "nwa.metanets": ("nwa.zoo", "nwa.data", "nwa.lit", "nwa.tasks", "nwa.eval", "nwa.cli"),
     "nwa.zoo": ("nwa.data", "nwa.lit", "nwa.eval", "nwa.cli"),
 }
-OLD_PATHS = {"nwa.weights.adapters"}  # re-exports of nwa.zoo.adapters under their former name
 
 
 def test_layers_import_only_what_is_below_them():
     for name, deps in import_graph().items():
-        if name in OLD_PATHS:
-            continue
         for layer, forbidden in FORBIDDEN.items():
             if name == layer or name.startswith(layer + "."):
                 bad = sorted(d for d in deps if d.startswith(forbidden))

@@ -46,7 +46,7 @@ def test_bad_configs_are_refused_before_training(bad, words):
 
 
 def test_labels_match_the_saved_networks(tiny_mixed_zoo):
-    from nwa.weights.adapters import open_zoo
+    from nwa.zoo.adapters import open_zoo
 
     zoo = open_zoo(tiny_mixed_zoo)
     schema = zoo.meta.label_schema
@@ -67,7 +67,7 @@ def test_labels_match_the_saved_networks(tiny_mixed_zoo):
 
 def test_every_family_is_one_whole_graph(tiny_mixed_zoo):
     from nwa.data.reading import resolve_graphs
-    from nwa.weights.adapters import open_zoo
+    from nwa.zoo.adapters import open_zoo
 
     zoo = open_zoo(tiny_mixed_zoo)
     graphs = resolve_graphs(zoo, zoo.table, "*")

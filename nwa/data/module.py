@@ -91,7 +91,7 @@ class ModelZooDataModule(L.LightningDataModule):
         permute_augment: Permute hidden neurons of training models (``chain`` and ``graph``).
         drop_nonfinite: Leave out models with NaN/Inf weights (with a warning) instead of
             failing; ``None``: only in zoos known to hold diverged runs (the Small CNN Zoo, whose
-            authors drop them too).
+            authors drop them too, and zoos whose schema declares a ``diverged`` label).
         graph_max_edges: Refuse models whose neural graph (``graph`` input) has more edges
             (``None``: ``nwa.weights.graph_archs.MAX_EDGES``, 4 M); select a layer range of
             larger models.
@@ -186,9 +186,10 @@ class ModelZooDataModule(L.LightningDataModule):
         self.normalizer = Normalizer.identity(self.spec.names)
         self._datasets: dict[str, WeightDataset] = {}
         self.epoch = 0  # the training epoch augmentations are drawn for (see set_epoch)
-        if drop_nonfinite or (
-            drop_nonfinite is None and self.zoo.meta.build.get("adapter") in DIVERGED
-        ):
+        held = self.zoo.meta.build.get("adapter") in DIVERGED or "diverged" in (
+            self.zoo.meta.label_schema or {}
+        )
+        if drop_nonfinite or (drop_nonfinite is None and held):
             self.rows = self._drop_nonfinite(self.rows)
         if normalize and input != "spectral":
             self.normalizer = self._fit_normalizer()

@@ -77,7 +77,7 @@ def _features(zoo: Any, rows: pd.DataFrame) -> dict[str, np.ndarray]:
 def _baseline_data(zoo_ref: str) -> dict[str, Any]:
     """The zoo's rows by split, their label targets and both baselines' features."""
     from nwa.data.labels import encode_labels, label_targets
-    from nwa.weights.adapters import open_zoo
+    from nwa.zoo.adapters import open_zoo
     from nwa.zoo.cache import zoo_path
 
     zoo = open_zoo(zoo_path(zoo_ref))

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from nwa.suite import properties
 from nwa.suite.plan import RunSpec
 from nwa.suite.report_common import fmt, load_results, md_table, mean_std
 from nwa.suite.report_nwa import nwa_section
@@ -79,6 +80,7 @@ def write_report(
     lines += nwa_section(out, df, figs)
     lines += weightnet_section(out, df, figs)
     lines += probex_section(out, df, figs)
+    lines += properties.section(out, df, figs)
     lines += runs_section(df)
     write_rows(df.to_dict("records"), out / "results.csv")
     path = out / "report.md"

@@ -1,4 +1,4 @@
-"""``python -m nwa.zoo {build,info,merge}``: build, describe and merge zoos.
+"""``python -m nwa.zoo {build,info,merge,export}``: build, describe, merge and export zoos.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     python -m nwa.zoo build --config tiny --out /tmp/tiny                 # run twice at once: they share the work
     python -m nwa.zoo merge /tmp/tiny
     python -m nwa.zoo info /tmp/tiny
+    python -m nwa.zoo export --format small_cnn_zoo default_properties /tmp/props_public
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ def _parser() -> argparse.ArgumentParser:
         "merge", help="write the manifest of a sharded build once every shard finished"
     )
     m.add_argument("path", help="zoo folder")
+    e = sub.add_parser(
+        "export",
+        help="write a zoo in a public layout (the Small CNN Zoo's npy + csv)",
+        description="Write a zoo's models in a public layout so code written for it reads them: "
+        "small_cnn_zoo writes weights.npy, layout.csv and metrics.csv.gz (one folder per "
+        "architecture when there are several). Files are written atomically.",
+    )
+    e.add_argument("path", help="zoo folder, or a config (file or name) whose cached zoo to export")
+    e.add_argument("out", help="output folder")
+    e.add_argument("--format", default="small_cnn_zoo", help="layout (default small_cnn_zoo)")
+    e.add_argument("--arch", nargs="+", default=(), help="architectures to export (default all)")
     return p
 
 
@@ -124,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
 
             zoo = merge(args.path)
             print(f"merged {len(zoo)} models: {zoo.root}")
+        elif args.command == "export":
+            from nwa.zoo.adapters import open_zoo
+            from nwa.zoo.export import export
+
+            zoo = open_zoo(_zoo_path(args.path))
+            for folder in export(zoo, args.out, args.format, args.arch):
+                print(f"exported to {folder}")
         else:
             from nwa.zoo.adapters import open_zoo
             from nwa.zoo.info import describe, format_report

@@ -243,7 +243,8 @@ def missing(out: Path, plan: Plan) -> list[str]:
     """Ids of planned models not finished in ``out``."""
     writer = ZooWriter(out, ZooMeta(name=plan.config.name))
     gone = [job.id for _, job in plan.roots if not root_record(out, job.id).is_file()]
-    return gone + [job.id for _, job in plan.members if not writer.has(job.id)]
+    rows = [r for _, job in plan.members for r in job.rows]
+    return gone + [r for r in rows if not writer.has(r)]
 
 
 def finalize(out: Path, plan: Plan) -> Zoo | None:
@@ -254,7 +255,7 @@ def finalize(out: Path, plan: Plan) -> Zoo | None:
     if missing(out, plan):
         return None
     writer = ZooWriter(out, ZooMeta(name=plan.config.name))
-    planned = {job.id for _, job in plan.members}
+    planned = {r for _, job in plan.members for r in job.rows}
     rows = writer.rows()
     if extra := sorted({r["id"] for r in rows} - planned):
         raise ZooError(f"{out}: rows {extra[:3]} are not in the plan of {plan.config.where}")

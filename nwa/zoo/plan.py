@@ -232,7 +232,7 @@ def _intern(names: list[str], name: str) -> int:
 
 
 def _add_jobs(plan: Plan, index: int, jobs: list[Job], where: str) -> None:
-    seen = {j.id for _, j in plan.roots + plan.members}
+    seen = {r for _, j in plan.roots + plan.members for r in j.rows}
     roots = set()
     n_members = 0
     for job in jobs:
@@ -240,11 +240,13 @@ def _add_jobs(plan: Plan, index: int, jobs: list[Job], where: str) -> None:
             raise ConfigError(
                 f"{where}: plan() returned a bad job or id {getattr(job, 'id', job)!r}"
             )
-        if job.id in seen:
+        if dup := sorted(seen.intersection(job.rows)) or len(set(job.rows)) < len(job.rows):
             raise ConfigError(
-                f"{where}: duplicate model id {job.id!r} (give each recipe a distinct name)"
+                f"{where}: duplicate model id {(dup or [job.id])[0]!r} (give each recipe a distinct name)"
             )
-        seen.add(job.id)
+        if job.rows[-1] != job.id or not all(_SAFE_ID.match(r) for r in job.rows):
+            raise ConfigError(f"{where}: job {job.id} lists bad outputs {list(job.rows)}")
+        seen.update(job.rows)
         if job.kind == "root":
             roots.add(job.id)
             plan.roots.append((index, job))

@@ -28,6 +28,9 @@ class Job:
         split: Manifest split for members (``""`` for roots).
         params: Everything needed to train it, sampled at plan time (seed, hyperparameters,
             classes or concept), so any shard reproduces it.
+        outputs: For a member that writes several manifest rows (one training run kept at
+            several checkpoints), their ids in writing order, ending with ``id``; empty for one
+            row. The job is finished when its last row exists.
     """
 
     id: str
@@ -36,6 +39,12 @@ class Job:
     parent: str = ""
     split: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        """The ids of the manifest rows this job writes (its own id for a plain member)."""
+        return self.outputs or (self.id,)
 
 
 class Recipe(ABC):
@@ -75,7 +84,7 @@ class Recipe(ABC):
 
         Returns:
             For a member: its manifest row (``id``, ``path``, ``tree``, ``parent``, ``arch``,
-            ``split``, labels ...). For a root: ``{"path": ..., "arch": ..., **info}`` for
+            ``split``, labels ...), or a list of rows in the order of ``job.outputs``. For a root: ``{"path": ..., "arch": ..., **info}`` for
             ``ZooMeta.trees``.
         """
 

@@ -156,15 +156,20 @@ class Executor:
 
     def _member(self, index: int, job: Job) -> dict[str, Any]:
         root = self._root_tensors(job.parent) if job.parent else None
-        row = dict(self.plan.recipes[index].run(job, self.writer, root))
-        if row.setdefault("id", job.id) != job.id:
-            raise ZooError(f"{self.out}: recipe returned row id {row['id']!r} for job {job.id!r}")
-        for key in ("tree", "parent", "split"):
-            row[key] = row.get(key) or getattr(job, key)
+        made = self.plan.recipes[index].run(job, self.writer, root)
+        rows = [dict(r) for r in (made if isinstance(made, list) else [made])]
+        if len(rows) == 1:
+            rows[0].setdefault("id", job.id)
+        if [r.get("id") for r in rows] != list(job.rows):
+            got = [r.get("id") for r in rows]
+            raise ZooError(f"{self.out}: recipe returned rows {got} for job {job.id!r}")
         remap = self.plan.remap[index]
-        row["classes"] = [remap[int(c)] for c in row.get("classes", []) or []]
-        self.writer.add(row)
-        return {"arch": row.get("arch", ""), "test_acc": row.get("test_acc")}
+        for row in rows:  # in order: the job's own row, which marks it finished, comes last
+            for key in ("tree", "parent", "split"):
+                row[key] = row.get(key) or getattr(job, key)
+            row["classes"] = [remap[int(c)] for c in row.get("classes", []) or []]
+            self.writer.add(row)
+        return {"arch": rows[-1].get("arch", ""), "test_acc": rows[-1].get("test_acc")}
 
 
 _WORKER: Executor | None = None
