@@ -423,7 +423,7 @@ class ModelZooDataModule(L.LightningDataModule):
         stores it in every checkpoint): the input kind, each tensor's name and shape, the
         layers (as opposed to paired biases), the normalization, and the model selection.
         Plain containers, so ``torch.load(weights_only=True)`` reads it."""
-        hp = self.hparams
+        sel = self.selection  # after the zoo's presets: the models this run actually read
         return {
             "input": self.input,
             "target": self.target,
@@ -431,8 +431,8 @@ class ModelZooDataModule(L.LightningDataModule):
             "layers": list(self.layer_names),
             "normalize": {"mean": dict(self.normalizer.mean), "std": dict(self.normalizer.std)},
             "zoo": self.zoo.meta.name,
-            "trees": list(hp.trees or []),
-            "arch": hp.arch,
+            "trees": list(sel["trees"] or []),
+            "arch": sel["arch"],
             "splits": {k: list(v) for k, v in self.splits.items()},
             "batch_size": self.batch_size,
         }
