@@ -96,9 +96,12 @@ def run_tags(method: str, subset: str, zoo: str, zoo_hash: str, seed: int) -> li
 
 
 def wandb_mode() -> str:
-    """``online`` when the user is logged in to W&B, else ``offline`` (runs sync later)."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
+    """``online`` when the user is logged in to W&B, else ``offline`` (runs sync later);
+    ``WANDB_MODE`` wins where set (``dryrun``, which Lightning's offline logger writes into the
+    environment, is ``offline``)."""
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode:
+        return {"dryrun": "offline", "run": "online"}.get(mode, mode)
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     netrc = Path.home() / ".netrc"
@@ -177,7 +180,7 @@ def log_suite(
         name=f"{group}-report",
         id=run_id,
         resume="allow",
-        mode="offline" if wandb_mode() == "offline" else "online",
+        mode=wandb_mode(),
         config=dict(meta),
         tags=["report"],
     )

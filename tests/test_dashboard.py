@@ -28,6 +28,20 @@ def test_summary_kinds_follow_each_metrics_goal():
     assert summary_kinds("train/loss") == "last"
 
 
+def test_lightnings_dryrun_mode_is_offline(monkeypatch):
+    from nwa.dashboard import wandb_mode
+
+    # Lightning's offline WandbLogger writes WANDB_MODE=dryrun into the process environment,
+    # which every later run and subprocess inherits
+    for value, mode in (("dryrun", "offline"), ("offline", "offline"), ("disabled", "disabled")):
+        monkeypatch.setenv("WANDB_MODE", value)
+        assert wandb_mode() == mode
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", "/nonexistent")
+    assert wandb_mode() == "offline"
+
+
 def test_zoo_fingerprint_follows_the_manifest(tiny_zoo, tmp_path):
     import shutil
 
