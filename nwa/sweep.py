@@ -72,19 +72,22 @@ def parse_recipe(run_args: list[str]) -> Any:
 
     from nwa.cli import NwaCLI
     from nwa.data import ModelZooDataModule
+    from nwa.recipes import expand_configs
 
     class ParseOnly(NwaCLI):
         def instantiate_classes(self) -> None:  # only the parsed config is needed
             pass
 
+    args, fragments = expand_configs(run_args)
     cli = ParseOnly(
         LightningModule,
         ModelZooDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=run_args,
+        args=args,
         run=False,
         auto_configure_optimizers=False,
+        fragments=fragments,
     )
     return cli.config
 
