@@ -26,20 +26,22 @@ import numpy as np
 import pandas as pd
 
 from nwa.atomic import atomic_path, atomic_write_text
+from nwa.suite.archeology_labels import (
+    BASELINES,
+    CLASS_LABELS,
+    CLASS_METRICS,
+    LABELS,
+    METHODS,
+    NETWORKS,
+    VALUE_LABELS,
+    VALUE_METRICS,
+)
 from nwa.suite.execute import OUTPUTS, RESULT, load_result, needs_run, recipe_digest, run_all
 from nwa.suite.plan import CONFIGS, RunSpec
 
 TASK, SUBSET = "archeology", "mixed"
 ZOOS = {"quick": "small_mixed", "full": "default_mixed"}
 EPOCHS: dict[str, int | None] = {"quick": 6, "full": None}  # None: the recipe's
-CLASS_LABELS = ("family", "optimizer")
-VALUE_LABELS = ("data_size", "test_acc", "n_params")
-LABELS = CLASS_LABELS + VALUE_LABELS
-NETWORKS = {"NWPA": "nwpa_mixed.yaml", "WeightNet": "weightnet_mixed.yaml"}
-BASELINES = ("StatNN-GBT", "PCA")
-METHODS = (*NETWORKS, *BASELINES)
-CLASS_METRICS = ("acc", "precision", "recall", "f1")
-VALUE_METRICS = ("r2", "mse", "mae")
 
 
 def plan_runs(zoo: str, seeds: Sequence[int], epochs: int | None) -> list[RunSpec]:
@@ -76,17 +78,19 @@ def _features(zoo: Any, rows: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def _baseline_data(zoo_ref: str) -> dict[str, Any]:
     """The zoo's rows by split, their label targets and both baselines' features."""
-    from nwa.data.labels import encode_labels, label_targets
+    from nwa.data.targets import Target
     from nwa.zoo.adapters import open_zoo
     from nwa.zoo.cache import zoo_path
 
     zoo = open_zoo(zoo_path(zoo_ref))
     rows = zoo.table[zoo.table["split"].isin(["train", "val", "test"])].reset_index(drop=True)
-    targets = label_targets(zoo, rows[rows["split"] == "train"], LABELS)
+    target = Target(zoo, "labels", LABELS)
+    rows = target.keep(rows).reset_index(drop=True)  # also learns each label's kind
+    targets = target.targets(rows[rows["split"] == "train"])
     return {
         "rows": rows,
         "targets": targets,
-        "y": encode_labels(zoo, rows, targets).numpy(),
+        "y": target.encode(rows, targets).numpy(),
         "x": _features(zoo, rows),
     }
 

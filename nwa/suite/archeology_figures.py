@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nwa.suite.archeology import (
+from nwa.eval.style import figure, save, styled
+from nwa.suite.archeology_labels import (
     CLASS_LABELS,
     CLASS_METRICS,
     METHODS,
@@ -18,7 +19,7 @@ from nwa.suite.archeology import (
     VALUE_LABELS,
 )
 from nwa.suite.execute import OUTPUTS, log_dir
-from nwa.suite.figures import _figure, _save, curves
+from nwa.suite.figures import curves
 
 
 def _stats(df: pd.DataFrame, method: str, column: str) -> tuple[float, float]:
@@ -48,36 +49,39 @@ def _bars(ax, df: pd.DataFrame, methods: Sequence[str], columns: Sequence[str], 
     ax.grid(axis="y", alpha=0.3)
 
 
+@styled
 def classification_bars(df: pd.DataFrame, methods: Sequence[str], path: Path) -> Path:
-    fig = _figure(4.2 * len(CLASS_LABELS), 3.2)
+    fig = figure(4.2 * len(CLASS_LABELS), 3.2)
     for ax, label in zip(fig.subplots(1, len(CLASS_LABELS), squeeze=False)[0], CLASS_LABELS):
         _bars(ax, df, methods, [f"test/{label}_{k}" for k in CLASS_METRICS], CLASS_METRICS)
         ax.set_title(f"{label}", fontsize=9)
         ax.set_ylim(0, 1.05)
     fig.axes[0].legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
+@styled
 def regression_bars(df: pd.DataFrame, methods: Sequence[str], path: Path) -> Path:
     """MSE and MAE per property (their own scales: one panel each)."""
-    fig = _figure(3.2 * len(VALUE_LABELS), 3.0)
+    fig = figure(3.2 * len(VALUE_LABELS), 3.0)
     axes = fig.subplots(1, len(VALUE_LABELS), squeeze=False)[0]
     for ax, prop in zip(axes, VALUE_LABELS):
         _bars(ax, df, methods, [f"test/{prop}_mse", f"test/{prop}_mae"], ["MSE", "MAE"])
         ax.set_title(prop, fontsize=9)
     axes[0].legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
+@styled
 def r2_bars(df: pd.DataFrame, methods: Sequence[str], path: Path) -> Path:
-    fig = _figure(5.5, 3.2)
+    fig = figure(5.5, 3.2)
     ax = fig.subplots()
     _bars(ax, df, methods, [f"test/{p}_r2" for p in VALUE_LABELS], VALUE_LABELS)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_ylabel("test R^2")
     ax.set_title("per-property R^2", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _family_names(out: Path, df: pd.DataFrame) -> list[str]:
@@ -91,6 +95,7 @@ def _family_names(out: Path, df: pd.DataFrame) -> list[str]:
     return []
 
 
+@styled
 def projection(out: Path, df: pd.DataFrame, path: Path) -> Path | None:
     """t-SNE of StatNN's weight statistics and of NWPA's learned representation (first seed),
     every model coloured by its architecture family."""
@@ -107,7 +112,7 @@ def projection(out: Path, df: pd.DataFrame, path: Path) -> Path | None:
     if not panels:
         return None
     names = _family_names(out, df)
-    fig = _figure(4.2 * len(panels), 3.8)
+    fig = figure(4.2 * len(panels), 3.8)
     for ax, (method, z, family) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         std = z.std(0)
         xy = project_2d((z - z.mean(0)) / np.where(std > 0, std, 1), "tsne")
@@ -118,9 +123,10 @@ def projection(out: Path, df: pd.DataFrame, path: Path) -> Path | None:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.axes[0].legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
+@styled
 def training_curves(out: Path, df: pd.DataFrame, path: Path) -> Path | None:
     from nwa.runs import RunError, load_run
 
