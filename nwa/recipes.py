@@ -79,3 +79,21 @@ def expand_configs(args: Sequence[str]) -> tuple[list[str], list[str]]:
             out.append(arg)
         i += 1
     return out, added
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out
+
+
+def compose(path: Path) -> dict:
+    """A recipe as a plain dict: its fragments, then itself, later files winning key by key (a
+    reading aid for code that inspects a recipe; ``nwa.fit`` parses the files themselves)."""
+    raw: dict = {}
+    for file in [*fragments_of(path), path]:
+        raw = _merge(raw, yaml.safe_load(file.read_text()) or {})
+    raw.pop(KEY, None)
+    return raw

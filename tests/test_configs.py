@@ -9,28 +9,12 @@ import yaml
 
 from nwa.fit import run as fit
 from nwa.recipes import KEY, fragments_of
+from nwa.recipes import compose as composed
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(ROOT.glob("*.yaml"))
 FRAGMENTS = sorted([*(ROOT / "shared").glob("*.yaml"), *(ROOT / "logger").glob("*.yaml")])
 PARTS = ("data", "model", "trainer", "logger", "shared")
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merge(out[key], value) if both else value
-    return out
-
-
-def composed(config: Path) -> dict:
-    """A recipe as its fragments and itself give it, later files winning (a plain deep merge)."""
-    raw: dict = {}
-    for path in [*fragments_of(config), config]:
-        raw = merge(raw, yaml.safe_load(path.read_text()) or {})
-    raw.pop(KEY, None)
-    return raw
 
 
 def test_there_is_a_recipe_per_method():

@@ -107,9 +107,9 @@ def boosting() -> dict[str, Any]:
     """The boosting settings of StatNN-GBT's recipe (rounds, learning rate, leaves): the check
     fits the same trees on statistics computed outside nwa's pipeline, so a gap is the
     pipeline's (features, split, targets), not another model's."""
-    import yaml
+    from nwa.recipes import compose
 
-    recipe = yaml.safe_load((CONFIGS / METHODS["StatNN-GBT"].config).read_text())
+    recipe = compose(CONFIGS / METHODS["StatNN-GBT"].config)
     args = recipe["model"]["init_args"]
     keys = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples")
     return {k: args[k] for k in keys if k in args}
