@@ -210,6 +210,19 @@ def test_training_aligns_and_a_checkpoint_reproduces_the_results(lora_zoo, tmp_p
     again = [p for p in tmp_path.rglob("align_results.json") if p != first]
     assert len(again) == 1
     assert json.loads(again[0].read_text())["zero_shot_top1"] == results["zero_shot_top1"]
+    # a checkpoint saved when the aligner took its evaluation arguments still loads and tests
+    config = yaml.safe_load(state["nwa_config"])
+    config["trainer"]["callbacks"] = [{"class_path": "nwa.cli.Summary"}]
+    legacy = {"knn_k": 2, "plots": False, "results_file": "legacy.json", "raw_dim": 1024}
+    config["model"]["init_args"] |= legacy
+    old = tmp_path / "legacy.ckpt"
+    torch.save(state | {"nwa_config": yaml.safe_dump(config)}, old)
+    test(["--ckpt_path", str(old)])
+    (legacy_results,) = tmp_path.rglob("legacy.json")
+    assert json.loads(legacy_results.read_text())["zero_shot_top1"] == results["zero_shot_top1"]
+    from nwa.predictor import build_module
+
+    assert build_module(torch.load(old, weights_only=True)).hparams.text_encoder == STUB
 
 
 def test_relu_flag_reaches_probex_and_hparams_are_plain(lora_zoo):

@@ -13,6 +13,54 @@ from nwa.tasks import Targets
 from nwa.tasks.align import TextAlignment
 from nwa.weights.spec import WeightShapes
 
+MOVED_ARGUMENTS = (
+    "holdout_splits",
+    "knn_k",
+    "precision_ks",
+    "n_examples",
+    "raw_dim",
+    "plots",
+    "results_file",
+)
+"""Evaluation arguments AlignModule took before its evaluation became callbacks
+(:mod:`nwa.eval.callbacks`), found in the configs its older checkpoints carry."""
+
+
+def without_moved_arguments(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config saved with an AlignModule that took :data:`MOVED_ARGUMENTS`, with them
+    moved to the evaluation callbacks that now do what they set (so such checkpoints still load
+    and test as they did); any other config is returned unchanged."""
+    model = config.get("model") if isinstance(config, dict) else None
+    args = model.get("init_args") if isinstance(model, dict) else None
+    if not isinstance(args, dict) or not set(args) & set(MOVED_ARGUMENTS):
+        return config
+    moved = {k: args[k] for k in MOVED_ARGUMENTS if k in args}
+    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    callbacks = [*(trainer.get("callbacks") or []), *_callbacks(moved)]
+    return config | {
+        "model": model | {"init_args": {k: v for k, v in args.items() if k not in moved}},
+        "trainer": trainer | {"callbacks": callbacks},
+    }
+
+
+def _callbacks(moved: dict[str, Any]) -> list[dict[str, Any]]:
+    """The evaluation callbacks (config entries) that the moved arguments configured."""
+    rep = {"prefix": "align", "results_file": moved.get("results_file", "align_results.json")}
+    rep |= {k: moved[k] for k in ("holdout_splits", "raw_dim") if k in moved}
+    knn = {"k": moved["knn_k"]} if "knn_k" in moved else {}
+    retrieval = {key: moved[key] for key in ("precision_ks", "n_examples") if key in moved}
+    entries = [
+        ("Representations", rep),
+        ("ZeroShotEval", {}),
+        ("KNNEval", knn),
+        ("RetrievalEval", retrieval),
+        ("OneClassEval", knn),
+        *([("EmbeddingFigure", {})] if moved.get("plots", True) else []),
+    ]
+    return [
+        {"class_path": f"nwa.eval.callbacks.{name}", "init_args": init} for name, init in entries
+    ]
+
 
 class AlignModule(WeightModule):
     """Aligns weight representations with concept texts (CLIP-style, see
