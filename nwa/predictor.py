@@ -67,7 +67,9 @@ def build_module(ckpt: dict[str, Any]) -> Any:
     parser.add_class_arguments(_Links, "data")
     parser.link_arguments("data.shapes", "model.init_args.shapes", apply_on="instantiate")
     parser.link_arguments("data.targets", "model.init_args.targets", apply_on="instantiate")
-    config = yaml.safe_load(ckpt["nwa_config"])
+    from nwa.lit.align import without_moved_arguments
+
+    config = without_moved_arguments(yaml.safe_load(ckpt["nwa_config"]))
     links = {"shapes": hp["shapes"], "targets": hp["targets"]}
     try:
         parsed = parser.parse_object({"model": config["model"], "data": links})

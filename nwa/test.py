@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from nwa.cli import main
 from nwa.errors import ConfigError, NwaError, WeightsNotFoundError
 from nwa.weights.formats import load_checkpoint
@@ -36,9 +38,23 @@ def config_from_checkpoint(ckpt_path: str) -> str:
     config = read_checkpoint(ckpt_path).get("nwa_config")
     if not config or not isinstance(config, str):
         raise ConfigError(f"{Path(ckpt_path)}: checkpoint holds no nwa config; pass --config")
+    config = _current(config)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as out:
         out.write(config)
     return out.name
+
+
+def _current(config: str) -> str:
+    """The saved config, with an aligner's evaluation arguments of checkpoints made before the
+    evaluation callbacks moved to them (:func:`nwa.lit.align.without_moved_arguments`)."""
+    from nwa.lit.align import without_moved_arguments
+
+    try:
+        loaded = yaml.safe_load(config)
+    except yaml.YAMLError:
+        return config  # LightningCLI names the file and the problem
+    moved = without_moved_arguments(loaded)
+    return config if moved is loaded else yaml.safe_dump(moved, sort_keys=False)
 
 
 def _ckpt_arg(args: list[str]) -> str | None:

@@ -1,4 +1,5 @@
-"""AlignModule end to end on a synthetic LoRA zoo: the CLI, learning, the report, checkpoints."""
+"""AlignModule end to end on a synthetic LoRA zoo: the CLI, learning, the evaluation callbacks of
+its recipe (configs/model/align.yaml) and their report, checkpoints."""
 
 from __future__ import annotations
 
@@ -84,9 +85,18 @@ def offline(tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def align_callbacks() -> list[dict]:
+    """The evaluation callbacks the aligner's recipe fragment lists."""
+    return yaml.safe_load((CONFIGS / "model" / "align.yaml").read_text())["trainer"]["callbacks"]
+
+
 def recipe(zoo: Zoo) -> dict:
-    """The AlignModule recipe (model + data sections), shrunk for tests."""
+    """The AlignModule recipe (model + data sections, the fragment's callbacks), shrunk for tests."""
     return {
+        "trainer": {"callbacks": align_callbacks()},
         "model": {
             "class_path": "nwa.lit.align.AlignModule",
             "init_args": {
@@ -166,8 +176,15 @@ def test_training_aligns_and_a_checkpoint_reproduces_the_results(lora_zoo, tmp_p
     monkeypatch.chdir(tmp_path)
     cfg = recipe(lora_zoo)
     cfg["seed_everything"] = 0
-    cfg["trainer"] = {"max_epochs": 25, "enable_progress_bar": False, "enable_model_summary": False}
-    cfg["model"]["init_args"] |= {"lr": 5e-3, "plots": False}
+    cfg["trainer"] |= {
+        "max_epochs": 25,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    # no figures: the recipe without EmbeddingFigure
+    callbacks = cfg["trainer"]["callbacks"]
+    cfg["trainer"]["callbacks"] = [c for c in callbacks if "EmbeddingFigure" not in c["class_path"]]
+    cfg["model"]["init_args"] |= {"lr": 5e-3}
     config = tmp_path / "align.yaml"
     config.write_text(yaml.safe_dump(cfg))
     csv = [
@@ -193,6 +210,19 @@ def test_training_aligns_and_a_checkpoint_reproduces_the_results(lora_zoo, tmp_p
     again = [p for p in tmp_path.rglob("align_results.json") if p != first]
     assert len(again) == 1
     assert json.loads(again[0].read_text())["zero_shot_top1"] == results["zero_shot_top1"]
+    # a checkpoint saved when the aligner took its evaluation arguments still loads and tests
+    config = yaml.safe_load(state["nwa_config"])
+    config["trainer"]["callbacks"] = [{"class_path": "nwa.cli.Summary"}]
+    legacy = {"knn_k": 2, "plots": False, "results_file": "legacy.json", "raw_dim": 1024}
+    config["model"]["init_args"] |= legacy
+    old = tmp_path / "legacy.ckpt"
+    torch.save(state | {"nwa_config": yaml.safe_dump(config)}, old)
+    test(["--ckpt_path", str(old)])
+    (legacy_results,) = tmp_path.rglob("legacy.json")
+    assert json.loads(legacy_results.read_text())["zero_shot_top1"] == results["zero_shot_top1"]
+    from nwa.predictor import build_module
+
+    assert build_module(torch.load(old, weights_only=True)).hparams.text_encoder == STUB
 
 
 def test_relu_flag_reaches_probex_and_hparams_are_plain(lora_zoo):

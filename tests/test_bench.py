@@ -266,6 +266,10 @@ def test_bench_runs_reports_and_skips_finished_runs(tiny_tree_zoo, tmp_path):
     ):
         assert (out / "figures" / f"{fig}.png").is_file()
     assert "zero-shot" in report
+    # the aligners' results come from their evaluation callbacks
+    aligners = [r for r in ok if r["task"] == "concept"]
+    assert aligners and all(r["alignment"]["n_models"]["held_out"] > 0 for r in aligners)
+    assert all(0.0 <= r["alignment"]["zero_shot_top1"] <= 1.0 for r in aligners)
     assert "| tree | ProbeX on this tree alone | joint | this tree's expert |" in report
     # a rerun skips every finished run
     again = _bench(*common, cwd=tmp_path)

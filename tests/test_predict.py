@@ -197,7 +197,7 @@ def test_tree_experts_name_a_tree_or_none_of_them(tiny_zoo, tmp_path):
 @pytest.mark.slow
 def test_an_aligner_ranks_training_and_free_text_concepts(tiny_zoo, tmp_path):
     epochs = ("--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1")
-    ckpt, _ = _fit(tmp_path, tiny_zoo, "probex_sd", *epochs, "--model.init_args.plots", "false")
+    ckpt, _ = _fit(tmp_path, tiny_zoo, "probex_sd", *epochs)
     lora = _member_file(tiny_zoo, "test_holdout", "unet_lora")
     rows = predict(["--ckpt_path", str(ckpt), str(lora), "--top_k", "2", "--quiet"]).rows
     names = [c.split(" (")[0] for c in rows[0]["concepts"].split(", ")]

@@ -36,6 +36,68 @@ def suite_keys(precision_ks: Sequence[int] = (1, 5)) -> list[str]:
     ]
 
 
+def knn_metrics(
+    ref_z: Any, ref_y: Any, query_z: Any, query_y: Any, k: int = 2, metric: str = "euclidean"
+) -> dict[str, float | None]:
+    """kNN top-1 of the query models among the references (``knn_top1``, ``None`` if empty).
+
+    Shapes:
+        - ref_z: [N, D]; ref_y: [N]; query_z: [M, D]; query_y: [M]
+    """
+    ref_z, query_z = as_numpy(ref_z), as_numpy(query_z)
+    if len(ref_z) == 0 or len(query_z) == 0:
+        return {"knn_top1": None}
+    return {"knn_top1": _value(lambda: knn_accuracy(ref_z, ref_y, query_z, query_y, k, metric))}
+
+
+def retrieval_metrics(
+    ref_z: Any,
+    ref_y: Any,
+    query_z: Any,
+    query_y: Any,
+    precision_ks: Sequence[int] = (1, 5),
+    metric: str = "euclidean",
+) -> dict[str, float | None]:
+    """Retrieval precision@k (``retrieval_p@k``): each query model retrieves among the
+    references and the other query models.
+
+    Shapes:
+        - ref_z: [N, D]; ref_y: [N]; query_z: [M, D]; query_y: [M]
+    """
+    ref_z, query_z = as_numpy(ref_z), as_numpy(query_z)
+    out: dict[str, float | None] = {f"retrieval_p@{p}": None for p in precision_ks}
+    if len(ref_z) == 0 or len(query_z) == 0:
+        return out
+    pool_z = np.concatenate([ref_z, query_z])
+    pool_y = np.concatenate([as_numpy(ref_y, np.int64), as_numpy(query_y, np.int64)])
+    queries = range(len(ref_z), len(pool_z))
+    for p in precision_ks:
+        out[f"retrieval_p@{p}"] = _value(
+            lambda p=p: retrieval_precision_at_k(pool_z, pool_y, p, metric, queries)
+        )
+    return out
+
+
+def one_class_metrics(
+    ref_z: Any, ref_y: Any, query_z: Any, query_y: Any, k: int = 2
+) -> dict[str, float | None]:
+    """One-class AUROC of the query models against the references' classes, by the kNN
+    distance and the Ledoit-Wolf Mahalanobis score (``one_class_auroc_knn``, ``..._ledoit_wolf``).
+
+    Shapes:
+        - ref_z: [N, D]; ref_y: [N]; query_z: [M, D]; query_y: [M]
+    """
+    ref_z, query_z = as_numpy(ref_z), as_numpy(query_z)
+    out: dict[str, float | None] = {}
+    for method in ("knn", "ledoit_wolf"):
+        out[f"one_class_auroc_{method}"] = (
+            None
+            if len(ref_z) == 0 or len(query_z) == 0
+            else _value(lambda m=method: one_class_auroc(ref_z, ref_y, query_z, query_y, m, k))
+        )
+    return out
+
+
 def downstream_metrics(
     ref_z: Any,
     ref_y: Any,
@@ -63,25 +125,12 @@ def downstream_metrics(
     Shapes:
         - ref_z: [N, D]; ref_y: [N]; query_z: [M, D]; query_y: [M]
     """
-    ref_z, query_z = as_numpy(ref_z), as_numpy(query_z)
-    empty = len(ref_z) == 0 or len(query_z) == 0
-    out: dict[str, float | None] = dict.fromkeys(suite_keys(precision_ks))
-    if empty:
-        return out
-    out["knn_top1"] = _value(lambda: knn_accuracy(ref_z, ref_y, query_z, query_y, k, metric))
-    # retrieval: each query model against every other model, references included
-    pool_z = np.concatenate([ref_z, query_z])
-    pool_y = np.concatenate([as_numpy(ref_y, np.int64), as_numpy(query_y, np.int64)])
-    queries = range(len(ref_z), len(pool_z))
-    for p in precision_ks:
-        out[f"retrieval_p@{p}"] = _value(
-            lambda p=p: retrieval_precision_at_k(pool_z, pool_y, p, metric, queries)
-        )
-    for method in ("knn", "ledoit_wolf"):
-        out[f"one_class_auroc_{method}"] = _value(
-            lambda m=method: one_class_auroc(ref_z, ref_y, query_z, query_y, m, k)
-        )
-    return out
+    args = (ref_z, ref_y, query_z, query_y)
+    return (
+        knn_metrics(*args, k, metric)
+        | retrieval_metrics(*args, precision_ks, metric)
+        | one_class_metrics(*args, k)
+    )
 
 
 def random_projection(x: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:

@@ -108,6 +108,15 @@ class WeightModule(L.LightningModule):
     def forward(self, x: Any) -> torch.Tensor:
         return self.task(self.encoder(x))
 
+    def embed(self, x: Any) -> torch.Tensor:
+        """A batch of models' representations, as the evaluation callbacks
+        (:mod:`nwa.eval.callbacks`) compare them: the encoder's output.
+
+        Shapes:
+            - returns: [B, D]
+        """
+        return self.encoder(x)
+
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
         if dm is None:

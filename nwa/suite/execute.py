@@ -218,6 +218,7 @@ def execute(
     report shows it and a rerun tries it again.
     """
     from nwa.cli import main
+    from nwa.eval.callbacks import evaluation_report
     from nwa.metanets import count_parameters
 
     if folder.exists():  # an unfinished earlier attempt: start clean
@@ -260,7 +261,8 @@ def execute(
             "train_s_per_epoch_per_1000": round(per_epoch / max(n_train, 1) * 1000, 3),
         }
         if spec.task == "concept":
-            result["alignment"] = json.loads(json.dumps(model.results, default=str))
+            report = evaluation_report(trainer)
+            result["alignment"] = json.loads(json.dumps(report, default=str))
         if outputs:
             # a file object, since np.savez appends .npz to a temporary name
             with atomic_path(folder / OUTPUTS) as tmp, open(tmp, "wb") as f:
