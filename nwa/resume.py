@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 from nwa.atomic import atomic_write_text
 from nwa.errors import ConfigError
@@ -253,13 +254,15 @@ class RunCheckpoint(ModelCheckpoint):
     Lightning rewrites ``last.ckpt`` only when it also saves a best checkpoint; a run killed after
     its best epoch would resume from there. Here ``last.ckpt`` follows every epoch (after that
     epoch's validation, so it also records the best checkpoint so far), once the loggers have
-    written what they hold. The epoch's metrics go into the checkpoint too, and a resumed run
-    logs them again as its first row: Lightning logs an epoch's training metrics after this hook,
-    and W&B's offline writer loses its last second of records when killed, so either may miss
-    them.
+    written what they hold. Every epoch's metrics go into the checkpoint too, and a resumed run
+    logs them again before it trains: Lightning logs an epoch's training metrics after this
+    hook, and W&B's offline writer, killed, loses the records it has not written yet (on a busy
+    machine, all of a short launch), so the interrupted launch's log may miss any of them. The
+    CSV log, saved before each checkpoint, gets back only the checkpoint's own epoch.
     """
 
-    _relog: dict[str, float] | None = None
+    _relog: list[dict[str, float]] | None = None
+    _history: dict[int, dict[str, float]] | None = None  # epoch -> its logged metrics
 
     def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
         return  # written in on_train_epoch_end, after every epoch
@@ -275,20 +278,27 @@ class RunCheckpoint(ModelCheckpoint):
         self._save_checkpoint(trainer, path)
 
     def state_dict(self) -> dict[str, Any]:
-        logged = getattr(self, "_trainer_metrics", {})
-        return {**super().state_dict(), "logged_metrics": logged}
+        history = list((self._history or {}).values())
+        logged = history[-1] if history else {}
+        return {**super().state_dict(), "logged_metrics": logged, "logged_history": history}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self._relog = state_dict.get("logged_metrics") or None
+        # checkpoints written before the whole history was kept hold only their own epoch's row
+        rows = state_dict.get("logged_history") or [state_dict.get("logged_metrics") or {}]
+        rows = [dict(r) for r in rows if r]
+        self._history = {int(r.get("epoch", i)): r for i, r in enumerate(rows)}
+        self._relog = rows or None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         if self._relog and trainer.is_global_zero:
-            metrics = dict(self._relog)
-            step = int(metrics.pop("step", trainer.global_step))
             for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+                rows = self._relog[-1:] if isinstance(logger, CSVLogger) else self._relog
+                for row in rows:
+                    metrics = dict(row)
+                    step = int(metrics.pop("step", trainer.global_step))
+                    logger.log_metrics(metrics, step=step)
                 logger.save()
         self._relog = None
 
@@ -301,7 +311,10 @@ class RunCheckpoint(ModelCheckpoint):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if _scalar(v)}
         # the step Lightning logs an epoch's metrics at (it steps back one at epoch end)
         step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1
-        self._trainer_metrics = {**metrics, "epoch": trainer.current_epoch, "step": step}
+        if self._history is None:
+            self._history = {}
+        row = {**metrics, "epoch": trainer.current_epoch, "step": step}
+        self._history[trainer.current_epoch] = row  # a best and a last save of one epoch: one row
         trainer.save_checkpoint(partial, self.save_weights_only)
         if trainer.is_global_zero:
             fd = os.open(partial, os.O_RDONLY)
