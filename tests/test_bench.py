@@ -103,6 +103,7 @@ def _fake_run(out: Path, spec, metrics: dict, z: bool = True, error: str | None 
     (folder / RESULT).write_text(json.dumps(res))
 
 
+@pytest.mark.slow
 def test_report_tables_are_mean_and_std_of_the_runs(tmp_path):
     suite = SUITES["quick"]
     runs = plan(suite, "Z", "L", TREES, LAYERS)

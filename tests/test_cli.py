@@ -154,6 +154,7 @@ def test_every_encoder_trains_through_the_cli(
     fit(["--config", str(cfg), "--trainer.fast_dev_run", "true", *csv(tmp_path)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("encoder", "init", "target"),
     [
