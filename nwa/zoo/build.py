@@ -41,7 +41,14 @@ from nwa.zoo.manifest import Zoo, ZooMeta, ZooWriter
 from nwa.zoo.plan import Plan, ZooConfig, load_config, make_plan
 from nwa.zoo.recipe import Job
 from nwa.zoo.report import Reporter, build_info, read_log
-from nwa.zoo.runner import append_log, finished, job_runner, root_record, save_root
+from nwa.zoo.runner import (
+    append_log,
+    finished,
+    job_runner,
+    recover_log_lines,
+    root_record,
+    save_root,
+)
 from nwa.zoo.schedule import Scheduler
 
 __all__ = [
@@ -186,6 +193,8 @@ def build(
     threads = threads or 1
     _claim(out, cfg)
     todo_roots, todo, skipped = _shard_jobs(plan, out, index, count)
+    if skipped:
+        recover_log_lines(out, plan, _finished_jobs(plan, out, index, count))
     log.info(
         "%s: %d roots and %d members to train, %d finished (shard %d/%d, %d workers x %d threads)",
         out,
@@ -227,12 +236,23 @@ def build(
 Jobs = list[tuple[int, Job]]
 
 
+def _shard(plan: Plan, index: int, count: int) -> tuple[Jobs, Jobs]:
+    """Shard ``index`` of ``count``: the roots its members need, and its members."""
+    mine = [m for k, m in enumerate(plan.members) if k % count == index]
+    needed = {job.parent for _, job in mine}
+    return [r for r in plan.roots if r[1].id in needed], mine
+
+
+def _finished_jobs(plan: Plan, out: Path, index: int, count: int) -> list[tuple[str, int, Job]]:
+    roots, mine = _shard(plan, index, count)
+    jobs = [("root", i, j) for i, j in roots] + [("member", i, j) for i, j in mine]
+    return [(k, i, j) for k, i, j in jobs if finished(out, k, j.id)]
+
+
 def _shard_jobs(plan: Plan, out: Path, index: int, count: int) -> tuple[Jobs, Jobs, int]:
     """Shard ``index`` of ``count``: its unfinished roots (rotated, so shards start on different
     ones) and members, and how many of its models are finished already."""
-    mine = [m for k, m in enumerate(plan.members) if k % count == index]
-    needed = {job.parent for _, job in mine}
-    roots = [r for r in plan.roots if r[1].id in needed]
+    roots, mine = _shard(plan, index, count)
     roots = roots[index % max(1, len(roots)) :] + roots[: index % max(1, len(roots))]
     todo_roots = [r for r in roots if not finished(out, "root", r[1].id)]
     todo = [m for m in mine if not finished(out, "member", m[1].id)]

@@ -167,6 +167,8 @@ def timings(out: Path) -> dict[str, Any]:
     groups: dict[str, list[float]] = defaultdict(list)
     cpu: dict[str, list[float]] = defaultdict(list)
     for rec in per_model.values():
+        if rec.get("seconds") is None:  # recovered: trained by a builder killed before it logged
+            continue
         key = f"{rec['recipe']}/{rec['kind']}/{rec.get('arch') or '-'}"
         groups[key].append(float(rec["seconds"]))
         cpu[key].append(float(rec.get("cpu_seconds") or "nan"))

@@ -35,6 +35,7 @@ from nwa.zoo.classifiers import stable_seed
 from nwa.zoo.manifest import ZooMeta, ZooWriter
 from nwa.zoo.plan import Plan, make_plan
 from nwa.zoo.recipe import Job
+from nwa.zoo.report import read_log
 
 Submit = Callable[[str, int, Job], "Future[dict[str, Any]]"]
 
@@ -90,6 +91,33 @@ def append_log(out: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def logged_ids(out: Path) -> set[str]:
+    """The models ``build/log.jsonl`` has a line for."""
+    return {r["id"] for r in read_log(out) if "id" in r}
+
+
+def recovered_line(kind: str, model_id: str, recipe: str) -> dict[str, Any]:
+    """The log line of a model finished by a builder killed before it logged (no timings)."""
+    return {"id": model_id, "kind": kind, "recipe": recipe, "recovered": True, "pid": os.getpid()}
+
+
+def recover_log_lines(out: Path, plan: Plan, jobs: list[tuple[str, int, Job]]) -> int:
+    """Log the finished ``(kind, recipe index, job)`` that have no line, each under its claim
+    (a live builder logs while it holds the claim, so a line missing then is lost for good);
+    returns how many were recovered."""
+    logged = logged_ids(out)
+    lost = [(k, i, j) for k, i, j in jobs if j.id not in logged]
+    if not lost:
+        return 0
+    claims, count = Claims(out), 0
+    for kind, index, job in lost:
+        with claims.hold(job.id) as other:
+            if other is None and job.id not in logged_ids(out):
+                append_log(out, recovered_line(kind, job.id, plan.recipe_name(index)))
+                count += 1
+    return count
+
+
 def finished(out: Path, kind: str, model_id: str) -> bool:
     """Whether a root's record or a member's row exists (both are written last)."""
     done = root_record(out, model_id) if kind == "root" else out / "rows" / f"{model_id}.json"
@@ -114,23 +142,34 @@ class Executor:
     def __call__(self, kind: str, index: int, job: Job) -> dict[str, Any]:
         """Train ``job`` unless it is finished (``skipped``) or another builder holds it (``busy``)."""
         head = {"id": job.id, "kind": kind}
+        recipe = self.plan.recipe_name(index)
+        # the log line is written while the claim is held: a finished job found under our claim
+        # without its line was finished by a builder killed before it logged
         with self.claims.hold(job.id) as other:
             if other is not None:
                 return head | {"busy": other.describe()}
             if finished(self.out, kind, job.id):  # by another builder, before our claim
+                if job.id not in logged_ids(self.out):
+                    append_log(self.out, recovered_line(kind, job.id, recipe))
                 return head | {"skipped": True}
             start, cpu = time.perf_counter(), time.process_time()
             try:
                 with job_context(stable_seed(self.plan.config.seed, job.id), self.threads):
                     result = self._root(index, job) if kind == "root" else self._member(index, job)
             except Exception as e:
-                e.add_note(f"while building {job.id} ({self.plan.recipe_name(index)})")
+                e.add_note(f"while building {job.id} ({recipe})")
                 raise
-        result |= head | {"recipe": self.plan.recipe_name(index)}
-        result |= {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
-        keys = ("id", "kind", "recipe", "arch", "seconds", "cpu_seconds")
-        record = {k: result.get(k) for k in keys} | {"threads": self.threads, "pid": os.getpid()}
-        append_log(self.out, record)
+            result |= head | {"recipe": recipe}
+            result |= {
+                "seconds": time.perf_counter() - start,
+                "cpu_seconds": time.process_time() - cpu,
+            }
+            keys = ("id", "kind", "recipe", "arch", "seconds", "cpu_seconds")
+            record = {k: result.get(k) for k in keys} | {
+                "threads": self.threads,
+                "pid": os.getpid(),
+            }
+            append_log(self.out, record)
         return result
 
     def _root(self, index: int, job: Job) -> dict[str, Any]:
