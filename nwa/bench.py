@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks",
         nargs="+",
-        choices=("classes", "properties", "concept"),
-        help="only the runs of these tasks (default all; concept: the LoRA aligners)",
+        choices=("classes", "properties", "concept", "archeology"),
+        help="only the runs of these tasks (default all; concept: the LoRA aligners; "
+        "archeology: the mixed-architecture section; the property section runs with properties)",
     )
     p.add_argument("--epochs", type=int, help="max_epochs of every gradient-trained run")
     p.add_argument(
@@ -170,6 +171,10 @@ def _headline(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+
+    def wanted(task: str) -> bool:
+        return not args.tasks or task in args.tasks
+
     from nwa.dashboard import log_suite
     from nwa.progress import count_bar
     from nwa.suite import archeology, properties
@@ -200,14 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         trees, layers = _zoo_layout(vision)
         runs = plan(suite, str(vision), str(lora), trees, layers)
         prop_zoo = None
-        if str(args.property_zoo).lower() != "none":
+        if str(args.property_zoo).lower() != "none" and wanted("properties"):
             methods = args.property_methods or args.methods
             prop_runs, prop_zoo = properties.plan_runs(suite, args.property_zoo, methods)
             runs += prop_runs
-        if args.tasks:
-            runs = [r for r in runs if r.task in args.tasks]
+        runs = [r for r in runs if wanted(r.task)]
         mixed, mixed_runs = None, []
-        if str(args.mixed_zoo).lower() != "none":
+        if str(args.mixed_zoo).lower() != "none" and wanted("archeology"):
             mixed = zoo_path(args.mixed_zoo or archeology.ZOOS[suite.name])
             epochs = args.epochs or archeology.EPOCHS[suite.name]
             mixed_runs = archeology.plan_runs(str(mixed), suite.seeds, epochs)

@@ -29,7 +29,8 @@ def test_run_kinds():
 def _bench(zoo: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "nwa.bench", "--quick", "--vision-zoo", str(zoo)]
     cmd += ["--lora-zoo", str(zoo), "--seeds", "1", "--epochs", "2", "--methods", "ProbeX"]
-    cmd += ["--tasks", "classes", "--out", str(out), *extra]
+    cmd += ["--tasks", "classes", "--property-zoo", "none", "--mixed-zoo", "none"]
+    cmd += ["--out", str(out), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out.parent)
 
 

@@ -62,6 +62,7 @@ def bench(tiny_zoo, tmp_path_factory):
     cmd = [sys.executable, "-m", "nwa.bench", "--quick", "--vision-zoo", str(tiny_zoo)]
     cmd += ["--lora-zoo", str(tiny_zoo), "--out", str(out), "--seeds", "1", "--epochs", "3"]
     cmd += ["--methods", "ProbeX", "--tasks", "classes", "properties"]
+    cmd += ["--property-zoo", "none", "--mixed-zoo", "none"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out.parent)
     assert "report:" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
     return out
