@@ -42,6 +42,7 @@ def test_lightnings_dryrun_mode_is_offline(monkeypatch):
     assert wandb_mode() == "offline"
 
 
+@pytest.mark.slow  # builds the session's tiny zoo (about 30 s)
 def test_zoo_fingerprint_follows_the_manifest(tiny_zoo, tmp_path):
     import shutil
 

@@ -25,6 +25,7 @@ def fit_probex(zoo: Path, tmp_path: Path, *extra: str):
     )
 
 
+@pytest.mark.slow  # builds the session's tiny zoo (about 30 s)
 def test_a_weight_module_gets_knn_retrieval_and_one_class_metrics(tiny_zoo, tmp_path, monkeypatch):
     from nwa.eval.callbacks import evaluation_report
 
@@ -60,6 +61,7 @@ def test_a_weight_module_gets_knn_retrieval_and_one_class_metrics(tiny_zoo, tmp_
     assert all(Path(p).is_file() for p in on_disk["figures"].values())
 
 
+@pytest.mark.slow  # builds the session's tiny zoo (about 30 s)
 def test_evaluations_that_do_not_fit_the_run_fail_in_one_line(tiny_zoo, tmp_path, capsys):
     zero_shot = tmp_path / "zero_shot.yaml"
     zero_shot.write_text(
