@@ -138,6 +138,7 @@ class Executor:
         self.writer = ZooWriter(out, ZooMeta(name=plan.config.name))
         self.claims = Claims(out)
         self._cache: tuple[str, dict[str, torch.Tensor]] | None = None
+        self._logged: set[str] = set()  # ids with a log line, read again only on a miss
 
     def __call__(self, kind: str, index: int, job: Job) -> dict[str, Any]:
         """Train ``job`` unless it is finished (``skipped``) or another builder holds it (``busy``)."""
@@ -149,7 +150,7 @@ class Executor:
             if other is not None:
                 return head | {"busy": other.describe()}
             if finished(self.out, kind, job.id):  # by another builder, before our claim
-                if job.id not in logged_ids(self.out):
+                if job.id not in self._logged and job.id not in self._reread_log():
                     append_log(self.out, recovered_line(kind, job.id, recipe))
                 return head | {"skipped": True}
             start, cpu = time.perf_counter(), time.process_time()
@@ -171,6 +172,10 @@ class Executor:
             }
             append_log(self.out, record)
         return result
+
+    def _reread_log(self) -> set[str]:
+        self._logged = logged_ids(self.out)
+        return self._logged
 
     def _root(self, index: int, job: Job) -> dict[str, Any]:
         info = self.plan.recipes[index].run(job, self.writer, None)
