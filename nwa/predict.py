@@ -126,7 +126,7 @@ def truth(pred: Any, ref: Any) -> dict[str, Any]:
     if ref.row is None:
         return {}
     t = pred.targets
-    row = {"split": ref.row.get("split"), "zoo_tree": ref.row.get("tree")}
+    row = {"split": pred.split_of(ref), "zoo_tree": ref.row.get("tree")}
     if t.kind == "regression":
         row |= {f"true_{n}": label_of(ref, n) for n in t.names}
     elif t.kind == "multilabel":
@@ -289,7 +289,7 @@ def run(argv: Sequence[str] | None = None) -> Predictions:
             refs = [
                 r
                 for r in expand(args.models, keep)
-                if splits is None or r.row is None or r.row.get("split") in splits
+                if splits is None or r.row is None or pred.split_of(r) in splits
             ]
             if not refs:
                 raise NwaError(f"no model to predict: {args.models} (filters: split {args.split})")

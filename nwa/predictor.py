@@ -175,6 +175,14 @@ class Predictor:
         stages = self.data.get("splits", {})
         return [s for n in names for s in stages.get(n, [n])]
 
+    def split_of(self, ref: ModelRef) -> str | None:
+        """A zoo member's split as the run saw it: its own random split when the run made one
+        (``split: {fractions, seed}``), else the manifest's."""
+        if ref.row is None:
+            return None
+        own = self.data.get("model_splits") or {}
+        return own.get(str(ref.row.get("id")), ref.row.get("split"))
+
     # ----- reading -----
     def check(self, source: WeightSource, where: str | Path) -> None:
         """Raise a one-line error naming what the metanetwork expects and what the model has."""

@@ -70,6 +70,38 @@ def test_the_runs_test_metrics_are_reproduced_exactly(runs, tiny_zoo, kind):
 
 
 @pytest.mark.slow
+def test_a_run_that_split_the_zoo_its_own_way_is_predicted_on_its_own_splits(tiny_zoo, tmp_path):
+    split = "{fractions: [0.5, 0.25, 0.25], seed: 3}"
+    ckpt, tested = _fit(
+        tmp_path,
+        tiny_zoo,
+        "probex_vision",
+        *("--config", str(CONFIGS / "shared" / "regression.yaml")),
+        *("--data.init_args.trees", '["*"]', "--trainer.max_epochs", "2"),
+        *("--data.init_args.split", split),
+    )
+    own = torch.load(ckpt, weights_only=True)["ModelZooDataModule"]["model_splits"]
+    z = Zoo.open(tiny_zoo)
+    manifest = dict(zip(z.table["id"], z.table["split"]))
+    assert set(own.values()) == {"train", "val", "test"}
+    assert any(manifest[i] != s for i, s in own.items())  # the run's split is not the zoo's
+    result = predict(["--ckpt_path", str(ckpt), str(tiny_zoo), "--split", "test", "--quiet"])
+    assert sorted(r["model"] for r in result.rows) == sorted(
+        i for i, s in own.items() if s == "test"
+    )
+    assert all(r["split"] == "test" for r in result.rows)
+    (found,) = result.metrics
+    for key, value in tested.items():
+        if key != "test/loss":
+            assert found[key] == value or (math.isnan(found[key]) and math.isnan(value)), key
+    stored = torch.load(ckpt, weights_only=True)["nwa_calibration"]["residuals"]
+    rows = predict(["--ckpt_path", str(ckpt), str(tiny_zoo), "--split", "val", "--quiet"]).rows
+    for prop, residuals in stored.items():
+        mine = sorted(abs(r[f"true_{prop}"] - r[prop]) for r in rows)
+        assert mine == pytest.approx(residuals, abs=1e-6), prop
+
+
+@pytest.mark.slow
 def test_a_single_file_gets_classes_and_accuracy_with_an_interval(runs, tiny_zoo, tmp_path, capsys):
     member, out = _member_file(tiny_zoo), tmp_path / "preds.csv"
     args = ["--ckpt_path", str(runs["classes"][0]), "--ckpt_path", str(runs["properties"][0])]

@@ -147,6 +147,7 @@ class ModelZooDataModule(L.LightningDataModule):
             self.selection["layers"] = AUTO_LAYERS[input]
         rows = select_rows(self.zoo, self.selection["trees"], self.selection["arch"])
         self._target = Target(self.zoo, target, properties)
+        self.resplit = split is not None
         self.rows = self._first_per_split(self._target.keep(resplit(rows, self.zoo, split)))
         self.splits = {
             "train": list(train_splits),
@@ -435,7 +436,14 @@ class ModelZooDataModule(L.LightningDataModule):
             "arch": sel["arch"],
             "splits": {k: list(v) for k, v in self.splits.items()},
             "batch_size": self.batch_size,
-        }
+        } | self._model_splits()
+
+    def _model_splits(self) -> dict[str, Any]:
+        # A run that split the zoo its own way (``split:``) keeps each model's split, so that
+        # nwa.predict's ``--split test`` means this run's test models, not the manifest's.
+        if not self.resplit:
+            return {}
+        return {"model_splits": dict(zip(self.rows["id"].astype(str), self.rows["split"]))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing to restore: the module recomputes the same state from its zoo."""
