@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     todo = [s for s in runs if args.force or needs_run(s, load_result(out / "runs" / s.key))]
     print(
         f"nwa bench ({suite.name}): {len(runs)} runs over seeds {list(suite.seeds)}, "
-        f"{len(runs) - len(todo)} already finished; writing to {out}",
+        f"{len(runs) - len(todo)} already finished"
+        + (f"; then the {len(mixed_runs)} runs of the archeology section" if mixed_runs else "")
+        + f"; writing to {out}",
         flush=True,
     )
     if todo and not args.report:
