@@ -375,3 +375,10 @@ def test_property_ceiling_tells_class_set_from_hyperparameters():
     both = np.column_stack([by_classes, by_hparams])
     r2, tau = ceiling.ridge_r2(both, y, fit, ~fit)
     assert r2 > 0.9 and tau > 0.7
+
+
+def test_a_report_with_no_run_of_the_main_plan_is_written(tmp_path):
+    # python -m nwa.bench --tasks archeology plans only the archeology section's runs
+    path, df = write_report(tmp_path, [], {"suite": "full"})
+    assert df.empty and "status" in df and "task" in df
+    assert path.read_text().startswith("# nwa benchmark report")

@@ -40,7 +40,9 @@ def load_results(out: Path, runs: Sequence[RunSpec]) -> pd.DataFrame:
             row |= {k.removeprefix("test/"): v for k, v in (res.get("metrics") or {}).items()}
             row |= _alignment_columns(res.get("alignment") or {})
         rows.append(row)
-    return pd.DataFrame(rows)
+    # the columns every section selects on, even with no run planned (archeology alone)
+    columns = [*RunSpec("", "", "", 0, ()).to_dict(), "status"]
+    return pd.DataFrame(rows, columns=None if rows else columns)
 
 
 def _alignment_columns(a: dict[str, Any]) -> dict[str, Any]:
