@@ -265,7 +265,7 @@ def section(out: Path, runs: Sequence[RunSpec], zoo: str) -> str:
         "(LightGBM on the 7 statistics of 4 pools every network has: all weights, all vectors, "
         "first and last weight) and PCA (32 components of the module-order parameters resampled "
         "to 4,096 values, then an MLP) read a common-size view, since the architectures share "
-        f"no tensor. Mean ± std over {df['seed'].nunique()} seeds; "
+        f"no tensor. Mean ± std over {df['seed'].nunique()} seed(s); "
         f"{len(done)} of {len(df)} runs finished.",
         "",
     ]
