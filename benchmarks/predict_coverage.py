@@ -41,15 +41,21 @@ from nwa.zoo.cache import ensure_zoo, zoo_path  # noqa: E402
 VISION_PROPS = ("test_acc", "gen_gap", "robustness")
 
 
-def recipe(zoo: Path, seed: int, regression: bool, method: str | None) -> list[str]:
-    """The run's arguments: ProbeX on the vision trees, or ``method``'s run of the bench's
-    property section (test accuracy of the zoo's small CNNs)."""
-    if method:
-        from nwa.suite.plan import SUITES
-        from nwa.suite.properties import plan_runs
+def method_args(zoo: Path, seeds: int, method: str) -> dict[int, list[str]]:
+    """Each seed's arguments of ``method``'s run in the bench's property section (test accuracy
+    of the zoo's small CNNs); the zoo is opened once for all seeds."""
+    from dataclasses import replace
 
-        runs, _ = plan_runs(SUITES["full"], str(zoo), [method])
-        return list(next(r for r in runs if r.seed == seed).args)
+    from nwa.suite.plan import SUITES
+    from nwa.suite.properties import plan_runs
+
+    suite = replace(SUITES["full"], seeds=tuple(range(seeds)))
+    runs, _ = plan_runs(suite, str(zoo), [method])
+    return {r.seed: list(r.args) for r in runs}
+
+
+def vision_args(zoo: Path, seed: int, regression: bool) -> list[str]:
+    """ProbeX on the vision trees: the properties, or the training classes."""
     extra = ["--config", str(ROOT / "configs/shared/regression.yaml")] if regression else []
     return [
         *("--config", str(ROOT / "configs/probex_vision.yaml"), *extra),
@@ -64,9 +70,9 @@ def train(
     regression: bool,
     epochs: int | None,
     resplit: list | None,
-    method: str | None = None,
+    args: list[str] | None = None,
 ) -> tuple:
-    extra = recipe(zoo, seed, regression, method)
+    extra = list(args) if args else vision_args(zoo, seed, regression)
     if resplit:
         extra += ["--data.init_args.split", f"{{fractions: {resplit}, seed: {seed}}}"]
     root = work / f"{'props' if regression else 'classes'}-{seed}"
@@ -119,6 +125,7 @@ def main() -> None:
     args.skip_classes |= bool(args.method)
     props_of = ("test_acc",) if args.method else VISION_PROPS
     zoo = zoo_path(args.zoo) if Path(args.zoo).is_dir() else ensure_zoo(args.zoo, progress=True)
+    by_seed = method_args(zoo, args.seeds, args.method) if args.method else {}
     work = Path(args.workdir)
     lines, covers = [], {0.9: [], 0.8: []}
     header = "| seed | val / test models | test R^2 (mean) | classes test acc | reproduced | "
@@ -126,7 +133,7 @@ def main() -> None:
     lines += [header, "|" + "---|" * (5 + 2 * len(props_of))]
     ckpts = []
     for seed in range(args.seeds):
-        props, tested = train(work, zoo, seed, True, args.epochs, args.resplit, args.method)
+        props, tested = train(work, zoo, seed, True, args.epochs, args.resplit, by_seed.get(seed))
         if args.skip_classes:
             classes, tested_c = None, None
         else:

@@ -147,8 +147,13 @@ class ModelZooDataModule(L.LightningDataModule):
             self.selection["layers"] = AUTO_LAYERS[input]
         rows = select_rows(self.zoo, self.selection["trees"], self.selection["arch"])
         self._target = Target(self.zoo, target, properties)
-        self.resplit = split is not None
-        self.rows = self._first_per_split(self._target.keep(resplit(rows, self.zoo, split)))
+        rows = self._target.keep(resplit(rows, self.zoo, split))
+        # a run that splits the zoo its own way keeps each model's split (max_models aside), so
+        # that nwa.predict's ``--split test`` means this run's test models, not the manifest's
+        self._own_splits = (
+            dict(zip(rows["id"].astype(str), rows["split"])) if split is not None else None
+        )
+        self.rows = self._first_per_split(rows)
         self.splits = {
             "train": list(train_splits),
             "val": list(val_splits),
@@ -436,14 +441,7 @@ class ModelZooDataModule(L.LightningDataModule):
             "arch": sel["arch"],
             "splits": {k: list(v) for k, v in self.splits.items()},
             "batch_size": self.batch_size,
-        } | self._model_splits()
-
-    def _model_splits(self) -> dict[str, Any]:
-        # A run that split the zoo its own way (``split:``) keeps each model's split, so that
-        # nwa.predict's ``--split test`` means this run's test models, not the manifest's.
-        if not self.resplit:
-            return {}
-        return {"model_splits": dict(zip(self.rows["id"].astype(str), self.rows["split"]))}
+        } | ({"model_splits": self._own_splits} if self._own_splits is not None else {})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing to restore: the module recomputes the same state from its zoo."""
