@@ -14,7 +14,8 @@ scoring (checkpoint loading excluded), median of ``--repeats``.
 
 Split-conformal coverage is a guarantee on average over draws of the calibration and test
 models. A zoo's own split is one draw: with 30 validation and 30 test models, one split's
-coverage of a 90 % interval spreads with a standard deviation of about 0.07 around 0.90, so a
+coverage of a 90 % interval spreads with a standard deviation of about 0.07 around 0.90 (0.05
+with 60, as ``default_vision``'s ResNet trees have since they hold 200 members each), so a
 zoo whose validation models happen to vary less than its test models under-covers on every seed
 alike. ``--resplit TRAIN VAL TEST`` gives each seed its own seeded random split of the same
 models (the data module's ``split: {fractions, seed}``), so the average over seeds is an average

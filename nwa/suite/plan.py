@@ -78,7 +78,7 @@ ALIGNERS: dict[str, tuple[str, ...]] = {
 
 FAMILIES: dict[str, Family] = {
     "resnet": Family("resnet_*", ("layer4.0.conv2.weight",)),
-    # ViT matrices are 64-128 wide: one alone holds too little for 70 training models per tree
+    # ViT matrices are 64-128 wide: one alone held too little for 70 training models per tree
     # (in `nwa.sweep` the best single layers of the two trees differ and sit within a test model
     # of each other); the MLP matrices of every block, one ProbeX each, concatenated.
     "vit": Family("vit_*", ("blocks.*.mlp.fc*.weight",)),
