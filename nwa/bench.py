@@ -200,10 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("runs") / f"bench-{suite.name}"
     t0 = time.perf_counter()
     try:
-        vision = zoo_path(args.vision_zoo or suite.vision_zoo)
-        lora = zoo_path(args.lora_zoo or suite.lora_zoo)
-        trees, layers = _zoo_layout(vision)
-        runs = plan(suite, str(vision), str(lora), trees, layers)
+        vision = lora = None
+        runs, layers = [], {}
+        # the archeology or property section alone never builds the vision and LoRA zoos
+        if any(wanted(t) for t in ("classes", "properties", "concept")):
+            vision = zoo_path(args.vision_zoo or suite.vision_zoo)
+            lora = zoo_path(args.lora_zoo or suite.lora_zoo)
+            trees, layers = _zoo_layout(vision)
+            runs = plan(suite, str(vision), str(lora), trees, layers)
         prop_zoo = None
         if str(args.property_zoo).lower() != "none" and wanted("properties"):
             methods = args.property_methods or args.methods
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             print(spec.key, " ".join(spec.args))
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    board = _dashboard(args.group or f"bench-{suite.name}", vision, lora)
+    board = _dashboard(args.group or f"bench-{suite.name}", *(z for z in (vision, lora) if z))
     todo = [s for s in runs if args.force or needs_run(s, load_result(out / "runs" / s.key))]
     print(
         f"nwa bench ({suite.name}): {len(runs)} runs over seeds {list(suite.seeds)}, "
@@ -267,13 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     header = {
         "suite": suite.name,
         "command": "python -m nwa.bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "zoos": f"vision {vision.name}, LoRA {lora.name}"
-        + (f", properties {prop_zoo.name}" if prop_zoo else ""),
-        "seeds": ", ".join(map(str, suite.seeds)),
-        "layers of ProbeX, Dense and PCA": "; ".join(
-            f"{fam} `{layer_for(FAMILIES[fam], names)}`" for fam, names in layers.items()
+        "zoos": ", ".join(
+            f"{kind} {zoo.name}"
+            for kind, zoo in (
+                ("vision", vision),
+                ("LoRA", lora),
+                ("properties", prop_zoo),
+                ("mixed", mixed),
+            )
+            if zoo is not None
         ),
+        "seeds": ", ".join(map(str, suite.seeds)),
     }
+    if layers:
+        header["layers of ProbeX, Dense and PCA"] = "; ".join(
+            f"{fam} `{layer_for(FAMILIES[fam], names)}`" for fam, names in layers.items()
+        )
     if not args.report:  # a report-only call times nothing worth stating
         header["this call's wall time"] = f"{(time.perf_counter() - t0) / 60:.1f} min"
     path, df = write_report(out, runs, header)

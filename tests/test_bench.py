@@ -382,3 +382,22 @@ def test_a_report_with_no_run_of_the_main_plan_is_written(tmp_path):
     path, df = write_report(tmp_path, [], {"suite": "full"})
     assert df.empty and "status" in df and "task" in df
     assert path.read_text().startswith("# nwa benchmark report")
+
+
+def test_the_archeology_section_alone_builds_no_other_zoo(
+    tiny_mixed_zoo, tmp_path, monkeypatch, capsys
+):
+    # before: --tasks archeology built default_vision and default_lora (an hour on 2 cores)
+    # before planning the mixed zoo's runs
+    from nwa.bench import main
+
+    monkeypatch.setenv("NWA_HOME", str(tmp_path / "home"))
+    args = ["--tasks", "archeology", "--mixed-zoo", str(tiny_mixed_zoo), "--seeds", "2"]
+    assert main([*args, "--property-zoo", "none", "--out", str(tmp_path / "b"), "--dry-run"]) == 0
+    keys = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert sorted(keys) == sorted(
+        f"archeology-{m}-mixed-s{s}"
+        for m in ("NWPA", "WeightNet", "StatNN-GBT", "PCA")
+        for s in (0, 1)
+    )
+    assert not (tmp_path / "home" / "zoos").exists()
