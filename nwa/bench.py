@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         vision = lora = None
         runs, layers = [], {}
-        # the archeology or property section alone never builds the vision and LoRA zoos
+        # the archeology section alone never builds the vision and LoRA zoos
         if any(wanted(t) for t in ("classes", "properties", "concept")):
             vision = zoo_path(args.vision_zoo or suite.vision_zoo)
             lora = zoo_path(args.lora_zoo or suite.lora_zoo)
