@@ -22,10 +22,21 @@ TOP_KEYS = {
     "settings",
     "concepts",
     "n_models",
-    "in_distribution_top1",
-    "in_distribution_chance",
-    "zero_shot_top1",
-    "zero_shot_chance",
+    *(
+        f"{part}_{key}"
+        for part in ("in_distribution", "zero_shot")
+        for key in (
+            "top1",
+            "chance",
+            "top1_lo",
+            "top1_hi",
+            "top5",
+            "top5_chance",
+            "top5_lo",
+            "top5_hi",
+            "n",
+        )
+    ),
     "learned",
     "raw",
     "examples",
@@ -134,6 +145,12 @@ def check_results(results: dict) -> None:
     assert results["concepts"]["held_out"] == [f"concept{i}" for i in range(26, 30)]  # test_holdout
     assert results["n_models"] == {"train": 72, "test": 24, "held_out": 16}
     assert results["zero_shot_chance"] == pytest.approx(1 / 4)
+    # 4 held-out candidates: top-5 holds every one of them
+    assert results["zero_shot_top5"] == 1.0 and results["zero_shot_top5_chance"] == 1.0
+    assert results["in_distribution_n"] == 24 and results["zero_shot_n"] == 16
+    for part in ("in_distribution", "zero_shot"):
+        lo, top1, hi = (results[f"{part}_top1{s}"] for s in ("_lo", "", "_hi"))
+        assert 0.0 <= lo <= top1 <= hi <= 1.0 and hi - lo > 0.05
     assert results["examples"] and all(len(e["neighbours"]) == 5 for e in results["examples"])
 
 

@@ -12,10 +12,12 @@ from nwa.eval import (
     knn_classify,
     nearest_examples,
     one_class_auroc,
+    proportion_interval,
     random_projection,
     retrieval_precision_at_k,
     suite_keys,
     zero_shot_top1,
+    zero_shot_topk,
 )
 from nwa.eval.knn import vote
 
@@ -128,6 +130,39 @@ def test_zero_shot_top1_picks_the_nearest_text():
     assert zero_shot_top1(z, texts, (y + 1) % 3) == 0.0
     with pytest.raises(ValueError, match="index"):
         zero_shot_top1(z, texts, y + 5)
+
+
+def test_top_k_counts_the_concept_within_the_k_nearest_texts():
+    texts = np.eye(4)
+    # the model's own concept (0) is its third nearest text
+    z = np.array([[0.5, 0.9, 0.8, 0.0]])
+    assert zero_shot_topk(z, texts, [0], k=1) == 0.0
+    assert zero_shot_topk(z, texts, [0], k=2) == 0.0
+    assert zero_shot_topk(z, texts, [0], k=3) == 1.0
+    assert zero_shot_topk(z, texts, [0], k=5) == 1.0  # k above the candidates: always a hit
+
+
+def test_a_collapsed_encoder_scores_nothing():
+    """Every model at the same point, equally far from every text: ties count as misses, so a
+    degenerate encoder cannot look perfect."""
+    z, texts = np.ones((6, 3)), np.ones((3, 3))
+    assert zero_shot_top1(z, texts, [0, 1, 2, 0, 1, 2]) == 0.0
+    assert zero_shot_topk(z, texts, [0, 1, 2, 0, 1, 2], k=2) == 0.0
+    assert zero_shot_topk(z, texts, [0, 1, 2, 0, 1, 2], k=3) == 1.0
+
+
+def test_proportion_interval_is_wilsons():
+    lo, hi = proportion_interval(45, 60)
+    # Wilson score interval of 45/60 at 95 %, by hand: (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2))
+    # / (1 + z^2/n) with z = 1.95996
+    z, n, p = 1.959964, 60, 0.75
+    mid = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    assert (lo, hi) == pytest.approx((mid - half, mid + half), abs=1e-6)
+    assert proportion_interval(0, 20)[0] == 0.0 and proportion_interval(0, 20)[1] > 0.1
+    assert proportion_interval(20, 20)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="hits"):
+        proportion_interval(5, 4)
 
 
 # ----- the suite, projections -----

@@ -17,7 +17,13 @@ from nwa.eval.downstream import (
 from nwa.eval.knn import as_numpy, distances, knn_accuracy, knn_classify
 from nwa.eval.oneclass import anomaly_scores, one_class_auroc
 from nwa.eval.retrieval import nearest_examples, neighbours, retrieval_precision_at_k
-from nwa.eval.zeroshot import cosine_scores, zero_shot_top1
+from nwa.eval.zeroshot import (
+    cosine_scores,
+    proportion_interval,
+    zero_shot_hits,
+    zero_shot_top1,
+    zero_shot_topk,
+)
 
 __all__ = [
     "anomaly_scores",
@@ -32,9 +38,12 @@ __all__ = [
     "neighbours",
     "one_class_auroc",
     "one_class_metrics",
+    "proportion_interval",
     "random_projection",
     "retrieval_metrics",
     "retrieval_precision_at_k",
     "suite_keys",
+    "zero_shot_hits",
     "zero_shot_top1",
+    "zero_shot_topk",
 ]

@@ -33,7 +33,7 @@ from nwa.eval.downstream import knn_metrics, one_class_metrics, retrieval_metric
 from nwa.eval.encoded import Encoded
 from nwa.eval.representations import Representations, evaluation_report
 from nwa.eval.retrieval import nearest_examples
-from nwa.eval.zeroshot import zero_shot_top1
+from nwa.eval.zeroshot import proportion_interval, zero_shot_hits
 
 __all__ = [
     "EmbeddingFigure",
@@ -142,10 +142,22 @@ class OneClassEval(_Evaluation):
 
 
 class ZeroShotEval(_Evaluation):
-    """Top-1 of naming each model's class from its class texts (a module with a text side,
-    :class:`nwa.lit.align.AlignModule`): ``in_distribution_top1`` (test models, among the
-    training classes' texts) and ``zero_shot_top1`` (held-out models, among the held-out classes'
-    texts only), each with its chance level; prints both against chance."""
+    """Naming each model's class from its class texts (a module with a text side,
+    :class:`nwa.lit.align.AlignModule`): ``in_distribution_*`` (test models, among the training
+    classes' texts) and ``zero_shot_*`` (held-out models, among the held-out classes' texts
+    only). Each part gets its top-1 and top-``k`` accuracy, a 95 % Wilson interval of each
+    (``*_top1_lo`` / ``*_top1_hi``), its model count ``*_n`` and its chance levels; prints the
+    top-1s against chance.
+
+    Args:
+        k: The k of the top-k accuracy (``*_top5`` at the default).
+        level: Confidence level of the intervals.
+    """
+
+    def __init__(self, k: int = 5, level: float = 0.95) -> None:
+        if k < 1 or not 0 < level < 1:
+            raise ConfigError(f"ZeroShotEval: need k >= 1 and 0 < level < 1, got {k}, {level}")
+        self.k, self.level = k, level
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not callable(getattr(pl_module, "concept_features", None)):
@@ -157,29 +169,46 @@ class ZeroShotEval(_Evaluation):
 
     def evaluate(self, rep: Representations, pl_module: LightningModule) -> dict[str, Any]:
         parts, concepts = rep.parts or {}, rep.report["concepts"]
-        seen, unseen = concepts["train"], concepts["held_out"]
-        return {
-            "in_distribution_top1": _top1(pl_module, parts["test"], seen),
-            "in_distribution_chance": 1 / len(seen) if seen else None,
-            "zero_shot_top1": _top1(pl_module, parts["held_out"], unseen),
-            "zero_shot_chance": 1 / len(unseen) if unseen else None,
+        out: dict[str, Any] = {}
+        for key, part, names in (
+            ("in_distribution", "test", concepts["train"]),
+            ("zero_shot", "held_out", concepts["held_out"]),
+        ):
+            out |= self._scores(key, pl_module, parts[part], names)
+        return out
+
+    def _scores(
+        self, key: str, pl_module: Any, enc: Encoded, concepts: Sequence[str]
+    ) -> dict[str, Any]:
+        """Top-1 and top-k of ``enc``'s models (those of ``concepts``) among ``concepts``' texts
+        only, with their intervals; ``None`` where no model belongs to ``concepts``."""
+        c, k = len(concepts), self.k
+        out: dict[str, Any] = {
+            f"{key}_top1": None,
+            f"{key}_chance": 1 / c if c else None,
+            f"{key}_top{k}": None,
+            f"{key}_top{k}_chance": min(k, c) / c if c else None,
+            f"{key}_n": 0,
         }
+        index = {name: i for i, name in enumerate(concepts)}
+        keep = [i for i, name in enumerate(enc.concepts) if name in index]
+        if not keep:
+            return out
+        y = [index[enc.concepts[i]] for i in keep]
+        texts = pl_module.concept_features(list(concepts))
+        for top in (1, k):
+            hits = zero_shot_hits(enc.z[keep], texts, y, top)
+            lo, hi = proportion_interval(int(hits.sum()), len(hits), self.level)
+            out |= {f"{key}_top{top}": float(hits.mean()), f"{key}_top{top}_lo": lo}
+            out[f"{key}_top{top}_hi"] = hi
+        out[f"{key}_n"] = len(keep)
+        return out
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_test_epoch_end(trainer, pl_module)
         report = self.shared(trainer).report
         if "zero_shot_top1" in report and trainer.is_global_zero:
             print(summary(report), flush=True)
-
-
-def _top1(pl_module: Any, enc: Encoded, concepts: Sequence[str]) -> float | None:
-    """Top-1 of ``enc``'s models (those of ``concepts``) among ``concepts``' texts only."""
-    index = {c: i for i, c in enumerate(concepts)}
-    keep = [i for i, c in enumerate(enc.concepts) if c in index]
-    if not keep:
-        return None
-    y = [index[enc.concepts[i]] for i in keep]
-    return zero_shot_top1(enc.z[keep], pl_module.concept_features(list(concepts)), y)
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -190,7 +219,11 @@ def summary(results: dict[str, Any]) -> str:
         if value is None:
             return f"  {label}: n/a (no models in those splits)"
         ratio = f", {value / chance:.1f}x chance" if chance else ""
-        return f"  {label}: {value:.3f} (chance {chance:.3f}{ratio})"
+        lo, hi = results.get(f"{key}_top1_lo"), results.get(f"{key}_top1_hi")
+        ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+        n = results.get(f"{key}_n")
+        of = f" of {n} models" if n else ""
+        return f"  {label}: {value:.3f}{ci}{of} (chance {chance:.3f}{ratio})"
 
     return "\n".join(
         [

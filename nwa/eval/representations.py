@@ -195,6 +195,7 @@ class Representations(Callback):
         out |= {
             "label": self.label or getattr(dm, "target", None),
             "raw_dim": self.raw_dim,
+            "layers": list(getattr(dm, "layer_names", None) or []),
             "relu": any(isinstance(m, nn.ReLU) for m in pl_module.encoder.modules()),
         }
         scale = getattr(getattr(pl_module, "task", None), "scale", None)

@@ -22,6 +22,27 @@ def cosine_scores(model_z: Any, text_z: Any) -> np.ndarray:
     return m @ t.T
 
 
+def zero_shot_hits(model_z: Any, text_z: Any, y: Any, k: int = 1) -> np.ndarray:
+    """Whether each model's concept is among its ``k`` nearest candidate texts (cosine).
+
+    Shapes:
+        - model_z: [N, D]; text_z: [C, D]; y: [N]
+        - returns: [N] booleans
+    """
+    y = as_numpy(y, np.int64)
+    if len(y) == 0:
+        raise ValueError("zero-shot scoring needs at least one model")
+    scores = cosine_scores(model_z, text_z)
+    if y.min() < 0 or y.max() >= scores.shape[1]:
+        raise ValueError(f"labels must index the {scores.shape[1]} candidate texts")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    # a model's rank: the other texts scored at least as high as its own concept's (a tie is
+    # a miss, so a collapsed encoder that scores every text alike gets nothing right)
+    own = scores[np.arange(len(y)), y]
+    return (scores >= own[:, None]).sum(1) - 1 < k
+
+
 def zero_shot_top1(model_z: Any, text_z: Any, y: Any) -> float:
     """Top-1 accuracy of picking each model's concept among the candidate concepts' texts.
 
@@ -37,10 +58,21 @@ def zero_shot_top1(model_z: Any, text_z: Any, y: Any) -> float:
     Shapes:
         - model_z: [N, D]; text_z: [C, D]; y: [N]
     """
-    y = as_numpy(y, np.int64)
-    if len(y) == 0:
-        raise ValueError("zero_shot_top1 needs at least one model")
-    scores = cosine_scores(model_z, text_z)
-    if y.min() < 0 or y.max() >= scores.shape[1]:
-        raise ValueError(f"labels must index the {scores.shape[1]} candidate texts")
-    return float(np.mean(scores.argmax(1) == y))
+    return float(np.mean(zero_shot_hits(model_z, text_z, y, 1)))
+
+
+def zero_shot_topk(model_z: Any, text_z: Any, y: Any, k: int = 5) -> float:
+    """Top-``k`` accuracy among the candidate texts (chance ``min(k, C) / C``); a text tied with
+    the model's own concept counts as ranked above it."""
+    return float(np.mean(zero_shot_hits(model_z, text_z, y, k)))
+
+
+def proportion_interval(hits: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy of ``hits`` out of ``n`` (scipy's ``binomtest``):
+    unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or n hits."""
+    from scipy.stats import binomtest
+
+    if n < 1 or not 0 <= hits <= n:
+        raise ValueError(f"need 0 <= hits <= n and n >= 1, got {hits} of {n}")
+    ci = binomtest(int(hits), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
