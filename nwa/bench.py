@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         help="methods compared per tree (default ProbeX Dense StatNN-GBT)",
     )
     p.add_argument(
+        "--aligners",
+        nargs="+",
+        help="weight-to-text aligners of the concept task (default ProbeX, Dense, and each on "
+        "self-attention layers: 'ProbeX self-attn', 'Dense self-attn')",
+    )
+    p.add_argument(
         "--tasks",
         nargs="+",
         choices=("classes", "properties", "concept", "archeology"),
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from nwa.progress import count_bar
     from nwa.suite import archeology, properties
     from nwa.suite.execute import load_result, needs_run, run_all
-    from nwa.suite.plan import FAMILIES, METHODS, SUITES, RunSpec, layer_for, plan
+    from nwa.suite.plan import ALIGNERS, FAMILIES, METHODS, SUITES, RunSpec, layer_for, plan
     from nwa.suite.report import write_report
     from nwa.zoo.cache import zoo_path
 
@@ -190,12 +196,18 @@ def main(argv: list[str] | None = None) -> int:
         suite = replace(suite, nwa_methods=tuple(args.methods))
     if args.tree_methods:
         suite = replace(suite, tree_methods=tuple(args.tree_methods))
+    if args.aligners:
+        suite = replace(suite, aligners=tuple(args.aligners))
     if args.epochs:
         suite = replace(suite, epochs={"default": args.epochs, "aligner": args.epochs})
     chosen = (*suite.nwa_methods, *suite.tree_methods, *(args.property_methods or ()))
     unknown = sorted(set(chosen) - set(METHODS))
     if unknown:
         print(f"nwa: unknown methods {unknown}; choose from {list(METHODS)}", file=sys.stderr)
+        return 2
+    unknown = sorted(set(suite.aligners) - set(ALIGNERS))
+    if unknown:
+        print(f"nwa: unknown aligners {unknown}; choose from {list(ALIGNERS)}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / f"bench-{suite.name}"
     t0 = time.perf_counter()

@@ -56,6 +56,8 @@ def test_plan_covers_every_method_seed_and_section_once():
         assert {r.method for r in runs if r.task == "concept" and r.seed == seed} == {
             "ProbeX",
             "Dense",
+            "ProbeX self-attn",
+            "Dense self-attn",
         }
     # the ViT runs read the family's first candidate that matches a layer of the zoo
     vit = next(r for r in runs if r.subset == "vision-vit_micro-0" and r.method == "ProbeX")
@@ -237,6 +239,7 @@ def test_bench_runs_reports_and_skips_finished_runs(tiny_tree_zoo, tmp_path):
         *("--out", str(out), "--seeds", "2", "--epochs", "3"),
         *("--property-zoo", "none", "--mixed-zoo", "none"),
         *("--methods", "ProbeX", "FlatMLP", "--tree-methods", "ProbeX"),
+        *("--aligners", "ProbeX", "Dense self-attn"),
     )
     first = _bench(*common, cwd=tmp_path)
     assert "nwa bench (quick)" in first.stdout, first.stderr[-3000:]
@@ -271,6 +274,14 @@ def test_bench_runs_reports_and_skips_finished_runs(tiny_tree_zoo, tmp_path):
     aligners = [r for r in ok if r["task"] == "concept"]
     assert aligners and all(r["alignment"]["n_models"]["held_out"] > 0 for r in aligners)
     assert all(0.0 <= r["alignment"]["zero_shot_top1"] <= 1.0 for r in aligners)
+    assert {r["method"] for r in aligners} == {"ProbeX", "Dense self-attn"}
+    # each aligner read its own layers: cross-attention values, or self-attention values
+    for r in aligners:
+        layers = r["alignment"]["settings"]["layers"]
+        want = ".attn1.to_v" if r["method"].endswith("self-attn") else ".attn2.to_v"
+        assert layers and all(want in name for name in layers), (r["method"], layers)
+    assert "| Dense self-attn | self-attention values |" in report
+    assert "| ProbeX | cross-attention values |" in report
     assert "| tree | ProbeX on this tree alone | joint | this tree's expert |" in report
     # a rerun skips every finished run
     again = _bench(*common, cwd=tmp_path)
@@ -401,3 +412,13 @@ def test_the_archeology_section_alone_builds_no_other_zoo(
         for s in (0, 1)
     )
     assert not (tmp_path / "home" / "zoos").exists()
+
+
+def test_unknown_aligners_and_methods_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from nwa.bench import main
+
+    monkeypatch.setenv("NWA_HOME", str(tmp_path / "home"))
+    for option, name in (("--aligners", "CLIP"), ("--methods", "Oracle")):
+        assert main([option, name, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+        assert f"unknown {option[2:]} ['{name}']" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists() and not (tmp_path / "out").exists()

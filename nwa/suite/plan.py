@@ -68,13 +68,23 @@ METHODS: dict[str, Method] = {
     )
 }
 EXPERTS = Method("ProbeX experts", "experts_vision.yaml", single_layer=True)
+_DENSE_ALIGNER = json.dumps({"class_path": "nwa.metanets.Dense", "init_args": {"dim": 128}})
+# The aligners, each on the text-facing layers (cross-attention values, the recipe's default) and
+# on self-attention values, which see the image alone: how much of a concept the LoRA writes where
+# the text enters, against where it does not.
+ALIGN_LAYERS = {"cross-attn": "*attn2.to_v", "self-attn": "*attn1.to_v"}
 ALIGNERS: dict[str, tuple[str, ...]] = {
     "ProbeX": (),
-    "Dense": (
+    "Dense": ("--model.init_args.encoder", _DENSE_ALIGNER),
+    "ProbeX self-attn": ("--data.init_args.layers", ALIGN_LAYERS["self-attn"]),
+    "Dense self-attn": (
         "--model.init_args.encoder",
-        json.dumps({"class_path": "nwa.metanets.Dense", "init_args": {"dim": 128}}),
+        _DENSE_ALIGNER,
+        "--data.init_args.layers",
+        ALIGN_LAYERS["self-attn"],
     ),
 }
+
 
 FAMILIES: dict[str, Family] = {
     "resnet": Family("resnet_*", ("layer4.0.conv2.weight",)),
@@ -98,6 +108,7 @@ class Suite:
             recipe's.
         nwa_methods: Methods of the Neural Weight Archeology and WeightNet sections.
         tree_methods: Methods compared per tree (training classes and properties).
+        aligners: The weight-to-text aligners (:data:`ALIGNERS`) of the concept task.
     """
 
     name: str
@@ -107,6 +118,7 @@ class Suite:
     epochs: dict[str, int | None] = field(default_factory=dict)
     nwa_methods: tuple[str, ...] = tuple(METHODS)
     tree_methods: tuple[str, ...] = ("ProbeX", "Dense", "StatNN-GBT")
+    aligners: tuple[str, ...] = tuple(ALIGNERS)
 
     def max_epochs(self, method: str) -> int | None:
         return self.epochs.get(method, self.epochs.get("default"))
@@ -249,7 +261,8 @@ def plan(
                     continue  # the NWA section's ProbeX run on the ResNet trees is this run
                 args = _method_args(suite, m, FAMILIES[fam], layers[fam], "ProbeX")
                 add(CLASSES, m.name, f"{fam} trees", seed, [*args, *_task_args(CLASSES), *family])
-        for name, extra in ALIGNERS.items():
+        for name in suite.aligners:
+            extra = ALIGNERS[name]
             args = ["--config", str(CONFIGS / "probex_sd.yaml"), "--data.init_args.zoo", lora_zoo]
             epochs = suite.max_epochs("aligner")
             if epochs is not None:

@@ -46,14 +46,11 @@ def load_results(out: Path, runs: Sequence[RunSpec]) -> pd.DataFrame:
 
 
 def _alignment_columns(a: dict[str, Any]) -> dict[str, Any]:
+    keys = ("top1", "chance", "top1_lo", "top1_hi", "top5", "top5_chance", "n")
     cols = {
-        k: a.get(k)
-        for k in (
-            "in_distribution_top1",
-            "in_distribution_chance",
-            "zero_shot_top1",
-            "zero_shot_chance",
-        )
+        f"{part}_{k}": a.get(f"{part}_{k}")
+        for part in ("in_distribution", "zero_shot")
+        for k in keys
     }
     for rep in ("learned", "raw"):
         for part, values in (a.get(rep) or {}).items():

@@ -212,20 +212,36 @@ def align_tables(df: pd.DataFrame) -> list[str]:
     rows = [
         [
             m,
-            cell(al, "in_distribution_top1", method=m),
-            cell(al, "in_distribution_chance", method=m),
-            cell(al, "zero_shot_top1", method=m),
-            cell(al, "zero_shot_chance", method=m),
+            "self-attention values" if "self-attn" in m else "cross-attention values",
+            *(_naming_cells(al, m, part) for part in ("in_distribution", "zero_shot")),
         ]
         for m in methods
     ]
+    n_test, n_held = (
+        cell(al, f"{part}_n", 0, method=methods[0]) for part in ("in_distribution", "zero_shot")
+    )
     lines = [
-        "### Naming the fine-tuning concept of LoRA models from their weights (top-1)",
+        "### Naming the fine-tuning concept of LoRA models from their weights",
+        "",
+        f"Top-1 with its 95 % Wilson interval (one run's {n_test} test models of training "
+        f"concepts, {n_held} models of unseen concepts; with several seeds, the mean and the "
+        "seeds' mean interval), top-5, and each one's chance level.",
         "",
         md_table(
-            ["encoder", "in-distribution", "chance", "zero-shot (unseen concepts)", "chance"], rows
+            [
+                "encoder",
+                "layers",
+                "in-distribution top-1",
+                "top-5",
+                "chance (top-1 / top-5)",
+                "zero-shot top-1 (unseen concepts)",
+                "top-5",
+                "chance (top-1 / top-5)",
+            ],
+            [[r[0], r[1], *r[2], *r[3]] for r in rows],
         ),
         "",
+        *_separation(al, methods),
     ]
     for part, title in (
         ("in_distribution", "training concepts"),
@@ -262,3 +278,43 @@ def align_tables(df: pd.DataFrame) -> list[str]:
             "",
         ]
     return lines
+
+
+def _naming_cells(al: pd.DataFrame, method: str, part: str) -> list[str]:
+    """Top-1 with its interval, top-5, and the chance levels of one part of one aligner."""
+    top1 = cell(al, f"{part}_top1", method=method)
+    lo, hi = (column_values(al, f"{part}_top1_{b}", method=method) for b in ("lo", "hi"))
+    lo, hi = [v for v in lo if v is not None], [v for v in hi if v is not None]
+    interval = f" [{np.mean(lo):.3f}, {np.mean(hi):.3f}]" if lo and hi else ""
+    chance = f"{cell(al, f'{part}_chance', method=method)} / "
+    chance += cell(al, f"{part}_top5_chance", method=method)
+    return [top1 + interval, cell(al, f"{part}_top5", method=method), chance]
+
+
+def _separation(al: pd.DataFrame, methods: list[str]) -> list[str]:
+    """Whether ProbeX and Dense (each on the same layers) name unseen concepts below 1.0 and
+    apart by more than their intervals."""
+    out = []
+    for probex, dense in (("ProbeX", "Dense"), ("ProbeX self-attn", "Dense self-attn")):
+        if probex not in methods or dense not in methods:
+            continue
+        part = "zero_shot"
+        v = {}
+        for m in (probex, dense):
+            top1 = [x for x in column_values(al, f"{part}_top1", method=m) if x is not None]
+            lo = [x for x in column_values(al, f"{part}_top1_lo", method=m) if x is not None]
+            hi = [x for x in column_values(al, f"{part}_top1_hi", method=m) if x is not None]
+            if not (top1 and lo and hi):
+                break
+            v[m] = (float(np.mean(top1)), float(np.mean(lo)), float(np.mean(hi)))
+        if len(v) < 2:
+            continue
+        (p, plo, phi), (d, dlo, dhi) = v[probex], v[dense]
+        below = p < 1.0 and d < 1.0
+        apart = plo > dhi or dlo > phi
+        out.append(
+            f"- Zero-shot, {probex} {p:.3f} [{plo:.3f}, {phi:.3f}] against {dense} {d:.3f} "
+            f"[{dlo:.3f}, {dhi:.3f}]: {'both' if below else 'NOT both'} below 1.0; the intervals "
+            f"{'do not overlap' if apart else 'overlap'}."
+        )
+    return out + ([""] if out else [])
