@@ -21,6 +21,7 @@ from nwa.eval.zeroshot import (
     cosine_scores,
     proportion_interval,
     zero_shot_hits,
+    zero_shot_ranks,
     zero_shot_top1,
     zero_shot_topk,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "retrieval_precision_at_k",
     "suite_keys",
     "zero_shot_hits",
+    "zero_shot_ranks",
     "zero_shot_top1",
     "zero_shot_topk",
 ]

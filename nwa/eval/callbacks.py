@@ -33,7 +33,7 @@ from nwa.eval.downstream import knn_metrics, one_class_metrics, retrieval_metric
 from nwa.eval.encoded import Encoded
 from nwa.eval.representations import Representations, evaluation_report
 from nwa.eval.retrieval import nearest_examples
-from nwa.eval.zeroshot import proportion_interval, zero_shot_hits
+from nwa.eval.zeroshot import proportion_interval, zero_shot_ranks
 
 __all__ = [
     "EmbeddingFigure",
@@ -195,9 +195,9 @@ class ZeroShotEval(_Evaluation):
         if not keep:
             return out
         y = [index[enc.concepts[i]] for i in keep]
-        texts = pl_module.concept_features(list(concepts))
+        ranks = zero_shot_ranks(enc.z[keep], pl_module.concept_features(list(concepts)), y)
         for top in (1, k):
-            hits = zero_shot_hits(enc.z[keep], texts, y, top)
+            hits = ranks < top
             lo, hi = proportion_interval(int(hits.sum()), len(hits), self.level)
             out |= {f"{key}_top{top}": float(hits.mean()), f"{key}_top{top}_lo": lo}
             out[f"{key}_top{top}_hi"] = hi

@@ -22,12 +22,15 @@ def cosine_scores(model_z: Any, text_z: Any) -> np.ndarray:
     return m @ t.T
 
 
-def zero_shot_hits(model_z: Any, text_z: Any, y: Any, k: int = 1) -> np.ndarray:
-    """Whether each model's concept is among its ``k`` nearest candidate texts (cosine).
+def zero_shot_ranks(model_z: Any, text_z: Any, y: Any) -> np.ndarray:
+    """Each model's rank of its own concept among the candidate texts (0: nearest, cosine).
+
+    A text tied with the model's own concept counts as ranked above it, so a collapsed encoder
+    that scores every text alike gets nothing right.
 
     Shapes:
         - model_z: [N, D]; text_z: [C, D]; y: [N]
-        - returns: [N] booleans
+        - returns: [N] integers in [0, C)
     """
     y = as_numpy(y, np.int64)
     if len(y) == 0:
@@ -35,12 +38,16 @@ def zero_shot_hits(model_z: Any, text_z: Any, y: Any, k: int = 1) -> np.ndarray:
     scores = cosine_scores(model_z, text_z)
     if y.min() < 0 or y.max() >= scores.shape[1]:
         raise ValueError(f"labels must index the {scores.shape[1]} candidate texts")
+    own = scores[np.arange(len(y)), y]
+    return (scores >= own[:, None]).sum(1) - 1
+
+
+def zero_shot_hits(model_z: Any, text_z: Any, y: Any, k: int = 1) -> np.ndarray:
+    """Whether each model's concept is among its ``k`` nearest candidate texts
+    (:func:`zero_shot_ranks` below ``k``). Shapes: -> [N] booleans."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    # a model's rank: the other texts scored at least as high as its own concept's (a tie is
-    # a miss, so a collapsed encoder that scores every text alike gets nothing right)
-    own = scores[np.arange(len(y)), y]
-    return (scores >= own[:, None]).sum(1) - 1 < k
+    return zero_shot_ranks(model_z, text_z, y) < k
 
 
 def zero_shot_top1(model_z: Any, text_z: Any, y: Any) -> float:

@@ -86,6 +86,17 @@ ALIGNERS: dict[str, tuple[str, ...]] = {
 }
 
 
+def aligner_layers(name: str) -> str:
+    """Which of :data:`ALIGN_LAYERS` an aligner of :data:`ALIGNERS` reads."""
+    args = ALIGNERS[name]
+    given = (
+        args[args.index("--data.init_args.layers") + 1]
+        if "--data.init_args.layers" in args
+        else None
+    )
+    return next((k for k, v in ALIGN_LAYERS.items() if v == given), "cross-attn")
+
+
 FAMILIES: dict[str, Family] = {
     "resnet": Family("resnet_*", ("layer4.0.conv2.weight",)),
     # ViT matrices are 64-128 wide: one alone held too little for 70 training models per tree

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from nwa.suite import figures
-from nwa.suite.plan import CLASSES, CONCEPT, PROPERTIES
+from nwa.suite.plan import ALIGNERS, CLASSES, CONCEPT, PROPERTIES, aligner_layers
 from nwa.suite.report_common import (
     cell,
     column_values,
@@ -212,7 +212,7 @@ def align_tables(df: pd.DataFrame) -> list[str]:
     rows = [
         [
             m,
-            "self-attention values" if "self-attn" in m else "cross-attention values",
+            _LAYER_NAMES[aligner_layers(m)] if m in ALIGNERS else "-",
             *(_naming_cells(al, m, part) for part in ("in_distribution", "zero_shot")),
         ]
         for m in methods
@@ -280,14 +280,22 @@ def align_tables(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+_LAYER_NAMES = {"cross-attn": "cross-attention values", "self-attn": "self-attention values"}
+
+
+def _mean(al: pd.DataFrame, column: str, method: str) -> float | None:
+    """Mean of one aligner's logged values of ``column`` over its seeds (``None``: none)."""
+    values = [v for v in column_values(al, column, method=method) if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def _naming_cells(al: pd.DataFrame, method: str, part: str) -> list[str]:
     """Top-1 with its interval, top-5, and the chance levels of one part of one aligner."""
-    top1 = cell(al, f"{part}_top1", method=method)
-    lo, hi = (column_values(al, f"{part}_top1_{b}", method=method) for b in ("lo", "hi"))
-    lo, hi = [v for v in lo if v is not None], [v for v in hi if v is not None]
-    interval = f" [{np.mean(lo):.3f}, {np.mean(hi):.3f}]" if lo and hi else ""
+    lo, hi = (_mean(al, f"{part}_top1_{b}", method) for b in ("lo", "hi"))
+    interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
     chance = f"{cell(al, f'{part}_chance', method=method)} / "
     chance += cell(al, f"{part}_top5_chance", method=method)
+    top1 = cell(al, f"{part}_top1", method=method)
     return [top1 + interval, cell(al, f"{part}_top5", method=method), chance]
 
 
@@ -298,18 +306,11 @@ def _separation(al: pd.DataFrame, methods: list[str]) -> list[str]:
     for probex, dense in (("ProbeX", "Dense"), ("ProbeX self-attn", "Dense self-attn")):
         if probex not in methods or dense not in methods:
             continue
-        part = "zero_shot"
-        v = {}
-        for m in (probex, dense):
-            top1 = [x for x in column_values(al, f"{part}_top1", method=m) if x is not None]
-            lo = [x for x in column_values(al, f"{part}_top1_lo", method=m) if x is not None]
-            hi = [x for x in column_values(al, f"{part}_top1_hi", method=m) if x is not None]
-            if not (top1 and lo and hi):
-                break
-            v[m] = (float(np.mean(top1)), float(np.mean(lo)), float(np.mean(hi)))
-        if len(v) < 2:
+        keys = ("zero_shot_top1", "zero_shot_top1_lo", "zero_shot_top1_hi")
+        p, plo, phi = (_mean(al, k, probex) for k in keys)
+        d, dlo, dhi = (_mean(al, k, dense) for k in keys)
+        if None in (p, plo, phi, d, dlo, dhi):
             continue
-        (p, plo, phi), (d, dlo, dhi) = v[probex], v[dense]
         below = p < 1.0 and d < 1.0
         apart = plo > dhi or dlo > phi
         out.append(
