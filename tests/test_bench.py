@@ -133,6 +133,16 @@ def test_report_tables_are_mean_and_std_of_the_runs(tmp_path):
     # per-tree regression: R² of test accuracy 0.0, 0.2, 0.4 over seeds, tau 0.5 in each
     assert "| vision-vit_micro-0 | 0.200 ± 0.200 / 0.500 ± 0.000 |" in text
     assert "0.100 ± 0.100" in text  # R² of WeightNet etc.: 0.0, 0.1, 0.2
+    # the ProbeX claims: every method scored 0.8 on average, so ProbeX ties Dense and is not
+    # StatNN + 0.10; the experts tie the joint model; equal parameter counts fail the 1/20 claim
+    claims = text.split("### The ProbeX claims")[1].split("###")[0]
+    assert (
+        "- vision-resnet_micro-0: ProbeX 0.800; >= Dense 0.800: met; "
+        ">= StatNN-GBT + 0.10 (0.900): NOT met." in claims
+    )
+    assert "- resnet trees: tree experts 0.800 >= one joint model 0.800: met." in claims
+    assert "- resnet trees: router purity (lowest seed) 1.000 = 1: met." in claims
+    assert "ProbeX 900 parameters against Dense's 900 (1/1): at most 1/20: NOT met." in claims
     assert "0.0200 ± 0.0100" in text  # MAE of test_acc in the WeightNet table
     nwpa = next(line for line in text.splitlines() if line.startswith("| NWPA |"))
     assert {c.strip() for c in nwpa.strip("| ").split("|")[1:]} <= {"-", "900", "1,000"}

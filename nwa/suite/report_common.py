@@ -90,13 +90,18 @@ def column_values(df: pd.DataFrame, column: str, **where: Any) -> list[Any]:
     return sel[column].tolist() if column in sel else []
 
 
-def param_count(df: pd.DataFrame, **where: Any) -> str:
+def param_number(df: pd.DataFrame, **where: Any) -> int | None:
+    """Parameters of the first matching run's encoder (its whole module when it has none)."""
     sel = select(df, **where)
     if sel.empty:
-        return "-"
+        return None
     enc = sel["encoder_params"].dropna() if "encoder_params" in sel else pd.Series([])
-    n = int(enc.iloc[0]) if len(enc) else int(sel["params"].iloc[0])
-    return f"{n:,}"
+    return int(enc.iloc[0]) if len(enc) else int(sel["params"].iloc[0])
+
+
+def param_count(df: pd.DataFrame, **where: Any) -> str:
+    n = param_number(df, **where)
+    return "-" if n is None else f"{n:,}"
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

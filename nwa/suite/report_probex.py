@@ -21,6 +21,7 @@ from nwa.suite.report_common import (
     mean_std,
     method_names,
     param_count,
+    param_number,
     run_outputs,
     select,
 )
@@ -153,6 +154,7 @@ def probex_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
             "",
         ]
         lines += _experts_per_tree(out, df, fams)
+    lines += _tree_targets(df, trees, fams)
     lines += align_tables(df)
     first = select(df, task=CONCEPT, method="ProbeX")
     if not first.empty:
@@ -202,6 +204,62 @@ def _experts_per_tree(out: Path, df: pd.DataFrame, fams: Sequence[str]) -> list[
         md_table(["tree", "ProbeX on this tree alone", "joint", "this tree's expert"], rows),
         "",
     ]
+
+
+def _mean_of(df: pd.DataFrame, column: str, **where: object) -> float | None:
+    values = [v for v in column_values(df, column, **where) if v is not None and v == v]
+    return float(np.mean(values)) if values else None
+
+
+def _tree_targets(df: pd.DataFrame, trees: Sequence[str], fams: Sequence[str]) -> list[str]:
+    """The ProbeX claims of the per-tree comparison, each with its measured figures and whether
+    it holds (means over seeds): ProbeX at least Dense and StatNN + 0.10 on every tree, tree
+    experts at least one joint model, a pure router, ProbeX at most 1/20 of Dense's parameters."""
+    cls = select(df, task=CLASSES)
+    out = []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    for t in trees:
+        p, d, s = (
+            _mean_of(cls, "acc", method=m, subset=t) for m in ("ProbeX", "Dense", "StatNN-GBT")
+        )
+        if p is None:
+            continue
+        parts = []
+        if d is not None:
+            parts.append(f">= Dense {d:.3f}: {verdict(p >= d)}")
+        if s is not None:
+            parts.append(f">= StatNN-GBT + 0.10 ({s + 0.10:.3f}): {verdict(p >= s + 0.10)}")
+        if parts:
+            out.append(f"- {t}: ProbeX {p:.3f}; " + "; ".join(parts) + ".")
+    for fam in fams:
+        subset = f"{fam} trees"
+        joint, experts = (
+            _mean_of(cls, "acc", method=m, subset=subset) for m in ("ProbeX", "ProbeX experts")
+        )
+        purity = column_values(cls, "router_purity", method="ProbeX experts", subset=subset)
+        if joint is not None and experts is not None:
+            out.append(
+                f"- {subset}: tree experts {experts:.3f} >= one joint model {joint:.3f}: "
+                f"{verdict(experts >= joint)}."
+            )
+        if purity:
+            low = min(float(v) for v in purity)
+            out.append(
+                f"- {subset}: router purity (lowest seed) {low:.3f} = 1: {verdict(low >= 1.0)}."
+            )
+    if trees:
+        p, d = (param_number(cls, method=m, subset=trees[0]) for m in ("ProbeX", "Dense"))
+        if p is not None and d is not None:
+            out.append(
+                f"- ProbeX {p:,} parameters against Dense's {d:,} (1/{d / p:.0f}): at most "
+                f"1/20: {verdict(20 * p <= d)}."
+            )
+    if not out:
+        return []
+    return ["### The ProbeX claims, as measured (means over seeds)", "", *out, ""]
 
 
 def align_tables(df: pd.DataFrame) -> list[str]:
