@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -177,6 +178,20 @@ def _headline(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _bench(args)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM while a zoo builds
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(
+            f"nwa: interrupted ({signal.Signals(signum).name}); finished runs and zoo members "
+            "are kept: run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 128 + signum
+
+
+def _bench(args: argparse.Namespace) -> int:
 
     def wanted(task: str) -> bool:
         return not args.tasks or task in args.tasks
@@ -213,13 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         vision = lora = None
-        runs, layers = [], {}
+        runs, trees, layers = [], [], {}
         # the archeology section alone never builds the vision and LoRA zoos
-        if any(wanted(t) for t in ("classes", "properties", "concept")):
+        # and each of the others only for the tasks that read it
+        if wanted("classes") or wanted("properties"):
             vision = zoo_path(args.vision_zoo or suite.vision_zoo)
-            lora = zoo_path(args.lora_zoo or suite.lora_zoo)
             trees, layers = _zoo_layout(vision)
-            runs = plan(suite, str(vision), str(lora), trees, layers)
+        if wanted("concept"):
+            lora = zoo_path(args.lora_zoo or suite.lora_zoo)
+        if vision or lora:
+            runs = plan(suite, str(vision or ""), str(lora or ""), trees, layers)
         prop_zoo = None
         if str(args.property_zoo).lower() != "none" and wanted("properties"):
             methods = args.property_methods or args.methods
@@ -282,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         properties.run_checks(out, prop_zoo, suite.seeds, args.force)
     header = {
         "suite": suite.name,
-        "command": "python -m nwa.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m nwa.bench " + " ".join(args.argv),
         "zoos": ", ".join(
             f"{kind} {zoo.name}"
             for kind, zoo in (

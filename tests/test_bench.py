@@ -432,3 +432,32 @@ def test_unknown_aligners_and_methods_are_refused_before_any_work(tmp_path, monk
         assert main([option, name, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
         assert f"unknown {option[2:]} ['{name}']" in capsys.readouterr().err
     assert not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
+
+
+def test_each_task_builds_only_the_zoo_it_reads(tiny_zoo, tmp_path, monkeypatch, capsys):
+    # before: --tasks classes also built default_lora (5 minutes) and --tasks concept built
+    # default_vision (25 minutes)
+    from nwa.bench import main
+
+    monkeypatch.setenv("NWA_HOME", str(tmp_path / "home"))
+    common = ["--seeds", "1", "--property-zoo", "none", "--mixed-zoo", "none", "--dry-run"]
+    for task, zoo_option in (("classes", "--vision-zoo"), ("concept", "--lora-zoo")):
+        assert main(["--tasks", task, zoo_option, str(tiny_zoo), *common]) == 0
+        out = capsys.readouterr().out.splitlines()
+        keys = [line.split()[0] for line in out if line.strip() and not line.startswith("nwa:")]
+        assert keys and all(k.startswith(f"{task}-") for k in keys), keys
+    assert not (tmp_path / "home" / "zoos").exists()
+
+
+def test_an_interrupted_bench_says_how_to_resume_in_one_line(tmp_path, monkeypatch, capsys):
+    import nwa.zoo.cache
+    from nwa.bench import main
+    from nwa.zoo.build import Terminated
+
+    def stopped(*args, **kwargs):
+        raise Terminated(signal.SIGTERM)  # as the zoo builder raises it on SIGTERM
+
+    monkeypatch.setattr(nwa.zoo.cache, "zoo_path", stopped)
+    assert main(["--tasks", "classes", "--out", str(tmp_path / "b")]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted (SIGTERM)" in err[0] and "resume" in err[0], err

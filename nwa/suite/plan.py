@@ -222,8 +222,8 @@ def plan(
 
     Args:
         suite: The preset.
-        vision_zoo: Zoo argument of the vision runs (name or folder).
-        lora_zoo: Zoo argument of the aligner runs.
+        vision_zoo: Zoo argument of the vision runs (name or folder); empty: no vision runs.
+        lora_zoo: Zoo argument of the aligner runs; empty: no aligner runs.
         trees: The vision zoo's pretrained trees (``vision-*``).
         layers: Tensor names of one model per family present in the zoo.
     """
@@ -237,42 +237,49 @@ def plan(
         return next(f for f in FAMILIES if f in tree)
 
     for seed in suite.seeds:
-        resnet = FAMILIES["resnet"]
-        on_resnet = [
-            "--data.init_args.zoo",
-            vision_zoo,
-            "--data.init_args.trees",
-            '["vision-*"]',
-        ]
-        for task in (CLASSES, PROPERTIES):
-            for name in suite.nwa_methods:
-                m = METHODS[name]
-                args = _method_args(suite, m, resnet, layers["resnet"], name)
-                add(task, name, "resnet trees", seed, [*args, *_task_args(task), *on_resnet])
-        for tree in trees:
-            fam = family_of(tree)
-            subset = ["--data.init_args.zoo", vision_zoo, "--data.init_args.trees", f"[{tree}]"]
-            for task in (CLASSES, PROPERTIES):
-                for name in suite.tree_methods:
-                    args = _method_args(suite, METHODS[name], FAMILIES[fam], layers[fam], name)
-                    add(task, name, tree, seed, [*args, *_task_args(task), *subset])
-        forest = ["--data.init_args.zoo", vision_zoo, "--data.init_args.trees", '["forest-*"]']
-        probex = METHODS["ProbeX"]
-        args = _method_args(suite, probex, resnet, layers["resnet"], "ProbeX")
-        add(CLASSES, "ProbeX", "forest", seed, [*args, *_task_args(CLASSES), *forest])
-        for fam in sorted({family_of(t) for t in trees}):
-            family = [
+        if vision_zoo:
+            resnet = FAMILIES["resnet"]
+            on_resnet = [
                 "--data.init_args.zoo",
                 vision_zoo,
                 "--data.init_args.trees",
                 '["vision-*"]',
             ]
-            for m in (probex, EXPERTS):
-                if m is probex and fam == "resnet" and "ProbeX" in suite.nwa_methods:
-                    continue  # the NWA section's ProbeX run on the ResNet trees is this run
-                args = _method_args(suite, m, FAMILIES[fam], layers[fam], "ProbeX")
-                add(CLASSES, m.name, f"{fam} trees", seed, [*args, *_task_args(CLASSES), *family])
-        for name in suite.aligners:
+            for task in (CLASSES, PROPERTIES):
+                for name in suite.nwa_methods:
+                    m = METHODS[name]
+                    args = _method_args(suite, m, resnet, layers["resnet"], name)
+                    add(task, name, "resnet trees", seed, [*args, *_task_args(task), *on_resnet])
+            for tree in trees:
+                fam = family_of(tree)
+                subset = ["--data.init_args.zoo", vision_zoo, "--data.init_args.trees", f"[{tree}]"]
+                for task in (CLASSES, PROPERTIES):
+                    for name in suite.tree_methods:
+                        args = _method_args(suite, METHODS[name], FAMILIES[fam], layers[fam], name)
+                        add(task, name, tree, seed, [*args, *_task_args(task), *subset])
+            forest = ["--data.init_args.zoo", vision_zoo, "--data.init_args.trees", '["forest-*"]']
+            probex = METHODS["ProbeX"]
+            args = _method_args(suite, probex, resnet, layers["resnet"], "ProbeX")
+            add(CLASSES, "ProbeX", "forest", seed, [*args, *_task_args(CLASSES), *forest])
+            for fam in sorted({family_of(t) for t in trees}):
+                family = [
+                    "--data.init_args.zoo",
+                    vision_zoo,
+                    "--data.init_args.trees",
+                    '["vision-*"]',
+                ]
+                for m in (probex, EXPERTS):
+                    if m is probex and fam == "resnet" and "ProbeX" in suite.nwa_methods:
+                        continue  # the NWA section's ProbeX run on the ResNet trees is this run
+                    args = _method_args(suite, m, FAMILIES[fam], layers[fam], "ProbeX")
+                    add(
+                        CLASSES,
+                        m.name,
+                        f"{fam} trees",
+                        seed,
+                        [*args, *_task_args(CLASSES), *family],
+                    )
+        for name in suite.aligners if lora_zoo else ():
             extra = ALIGNERS[name]
             args = ["--config", str(CONFIGS / "probex_sd.yaml"), "--data.init_args.zoo", lora_zoo]
             epochs = suite.max_epochs("aligner")
