@@ -467,3 +467,27 @@ def test_a_waiting_builder_trains_the_rest_then_waits_without_spinning(
     assert result.trained[-1] == held and len(result.trained) == 6  # 3 roots, 3 members
     assert "waiting for 1 models claimed by other builders" in caplog.text
     assert len(looks) < 20  # polled with back-off (0.5 s .. 5 s), not in a hot loop
+
+
+def test_default_vision_is_in_probex_regime() -> None:
+    """The default vision trees: 140 training models in every tree, and the layers ProbeX reads
+    (nwa.suite.plan.FAMILIES) 256 wide or more in both dimensions of the matrix it probes."""
+    from collections import Counter
+
+    from nwa.suite.plan import FAMILIES
+    from nwa.weights.spec import select_layers
+    from nwa.zoo.classifiers import build_model
+    from nwa.zoo.plan import make_plan
+
+    plan = make_plan("default_vision")
+    jobs = [j for _, j in plan.members if j.tree.startswith("vision-")]
+    train = Counter(j.tree for j in jobs if j.split == "train")
+    assert len(train) == 4 and set(train.values()) == {140}, train
+    for arch in sorted({j.params["arch"] for j in jobs}):
+        tensors = build_model(arch, 10, 3, 28).state_dict()
+        family = next(f for name, f in FAMILIES.items() if arch.startswith(name))
+        names = select_layers(list(tensors), list(family.layers))
+        assert names, (arch, family.layers)
+        for name in names:
+            w = tensors[name]
+            assert min(w.shape[0], w[0].numel()) >= 256, (arch, name, tuple(w.shape))

@@ -32,6 +32,16 @@ ARCHS: dict[str, dict[str, Any]] = {
         "stem_width": 16,
         "channels_last": True,
     },
+    # The default vision trees' rows: the last stage (the layer ProbeX reads) and the ViT's MLP
+    # matrices 256 wide in both dimensions, ProbeX's regime, at about 1.2x resnet_tiny's and
+    # vit_tiny's training cost on 28-pixel images (7-pixel patches: 16 tokens).
+    "resnet_wide": {
+        "family": "resnet",
+        "layers": [1, 1, 1, 1],
+        "channels": [16, 32, 64, 256],
+        "stem_width": 16,
+        "channels_last": True,
+    },
     "resnet_micro": {
         "family": "resnet",
         "layers": [1, 1, 1, 1],
@@ -46,6 +56,14 @@ ARCHS: dict[str, dict[str, Any]] = {
         "depth": 2,
         "num_heads": 2,
         "mlp_ratio": 2.0,
+    },
+    "vit_wide": {
+        "family": "vit",
+        "patch_size": 7,
+        "embed_dim": 256,
+        "depth": 1,
+        "num_heads": 4,
+        "mlp_ratio": 1.0,
     },
     "vit_micro": {
         "family": "vit",
