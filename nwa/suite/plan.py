@@ -99,9 +99,9 @@ def aligner_layers(name: str) -> str:
 
 FAMILIES: dict[str, Family] = {
     "resnet": Family("resnet_*", ("layer4.0.conv2.weight",)),
-    # ViT matrices are 64-128 wide: one alone held too little for 70 training models per tree
-    # (in `nwa.sweep` the best single layers of the two trees differ and sit within a test model
-    # of each other); the MLP matrices of every block, one ProbeX each, concatenated.
+    # The MLP matrices of every block, one ProbeX each, concatenated (vit_wide: one block, two
+    # 256 x 256 matrices). On the 64-wide vit_tiny one matrix alone held too little for 70
+    # training models per tree, and the best single layers of its two trees differed.
     "vit": Family("vit_*", ("blocks.*.mlp.fc*.weight",)),
 }
 

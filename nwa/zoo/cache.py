@@ -1,6 +1,6 @@
 """Zoos built on first use and cached under ``$NWA_HOME/zoos``.
 
->>> path = ensure_zoo("default_vision")   # builds once (about 40 min on 2 cores), then reuses
+>>> path = ensure_zoo("default_vision")   # builds once (about 25 min on 2 cores), then reuses
 >>> path = zoo_path("tiny")                # a zoo argument as users give it: name, YAML or folder
 """
 
