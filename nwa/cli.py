@@ -275,29 +275,8 @@ def default_logger() -> dict[str, Any]:
     }
 
 
-def keep_freed_memory() -> None:
-    """Let glibc keep freed blocks of up to 1 GiB for reuse instead of unmapping them.
-
-    By default every freed block over 32 MiB goes back to the kernel, which zeroes a fresh one
-    at the next allocation: training Dense on a 256 x 2304 layer (75 M parameters; its gradient
-    and AdamW's temporaries are freed and allocated again every step) spent as long in the
-    kernel as in its own arithmetic. ``benchmarks/malloc_threshold.py`` measures it.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: its allocator keeps its own policy
-        return
-
-
 def main(subcommand: str, args: list[str] | None = None) -> Any:
     """Run one LightningCLI subcommand; nwa's own errors end the process with one line."""
-    keep_freed_memory()
     from nwa.data import ModelZooDataModule
     from nwa.lit import WeightModule  # noqa: F401 - importable short name for configs
 
