@@ -463,3 +463,25 @@ def test_an_interrupted_bench_says_how_to_resume_in_one_line(tmp_path, monkeypat
     assert main(["--tasks", "classes", "--out", str(tmp_path / "b")]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interrupted (SIGTERM)" in err[0] and "resume" in err[0], err
+
+
+@pytest.mark.slow
+def test_a_worker_killed_for_memory_fails_its_run_and_the_bench_goes_on(tiny_zoo, tmp_path):
+    # before: the broken process pool ended the bench with a traceback, the other runs not run
+    from nwa.suite.execute import run_all
+
+    args = [
+        *("--config", str(ROOT / "configs" / "probex_vision.yaml")),
+        *("--data.init_args.zoo", str(tiny_zoo), "--trainer.max_epochs", "1"),
+    ]
+    killed = RunSpec(
+        "classes", "ProbeX", "killed", 0, (*args, "--trainer.callbacks+=tests.pacing.Killed")
+    )
+    after = [RunSpec("classes", "ProbeX", f"after-{i}", i, tuple(args)) for i in range(2)]
+    results = {r["subset"]: r for r in run_all([killed, *after], tmp_path, jobs=2)}
+    assert set(results) == {"killed", "after-0", "after-1"}
+    assert "worker died" in results["killed"]["error"]
+    # the runs that died with the pool ran again in a new one
+    for key in ("after-0", "after-1"):
+        assert "error" not in results[key], results[key].get("error")
+        assert 0 <= results[key]["metrics"]["test/acc"] <= 1

@@ -27,8 +27,10 @@ import sys
 import time
 import traceback
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,28 +361,51 @@ def run_all(
         return results
     threads = max(1, cpu_cores() // jobs)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
-    ) as pool:
-        queue = list(specs)
-        running: dict[Future, RunSpec] = {}
-        while queue or running:
-            while queue and len(running) < jobs:
-                spec = queue.pop(0)
-                fut = pool.submit(
-                    _execute_in_worker, spec, out / "runs" / spec.key, keep_checkpoints, board
-                )
-                running[fut] = spec
-                if started:
-                    started(spec)
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                spec = running.pop(fut)
-                try:
-                    res = fut.result()
-                except Exception as e:  # the worker itself died (out of memory, killed)
-                    res = spec.to_dict() | {"error": f"worker failed: {type(e).__name__}: {e}"}
-                results.append(res)
-                if finished:
-                    finished(spec, res)
+    queue, retries = list(specs), Counter()
+    while queue:
+        # a worker killed by the system (out of memory) breaks its pool and fails every run the
+        # pool held, or was given before the break was seen: each is tried up to twice more in a
+        # new pool, then recorded as failed (a later bench call tries it again)
+        with ProcessPoolExecutor(
+            jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+        ) as pool:
+            running: dict[Future, RunSpec] = {}
+            broken = False
+            while (queue and not broken) or running:
+                while queue and not broken and len(running) < jobs:
+                    spec = queue[0]
+                    try:
+                        fut = pool.submit(
+                            _execute_in_worker,
+                            spec,
+                            out / "runs" / spec.key,
+                            keep_checkpoints,
+                            board,
+                        )
+                    except BrokenProcessPool:
+                        broken = True
+                        break
+                    queue.pop(0)
+                    running[fut] = spec
+                    if started:
+                        started(spec)
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    spec = running.pop(fut)
+                    try:
+                        res = fut.result()
+                    except Exception as e:  # the worker itself died (out of memory, killed)
+                        broken = broken or isinstance(e, BrokenProcessPool)
+                        if isinstance(e, BrokenProcessPool) and retries[spec.key] < 2:
+                            retries[spec.key] += 1
+                            queue.append(spec)
+                            continue
+                        res = spec.to_dict() | {
+                            "error": f"worker died (killed, or out of memory): {type(e).__name__}"
+                        }
+                    results.append(res)
+                    if finished:
+                        finished(spec, res)
     return results
