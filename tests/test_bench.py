@@ -142,7 +142,7 @@ def test_report_tables_are_mean_and_std_of_the_runs(tmp_path):
     )
     assert "- resnet trees: tree experts 0.800 >= one joint model 0.800: met." in claims
     assert "- resnet trees: router purity (lowest seed) 1.000 = 1: met." in claims
-    assert "ProbeX 900 parameters against Dense's 900 (1/1): at most 1/20: NOT met." in claims
+    assert "vision-resnet_micro-0 900 against 900 (1/1): NOT met;" in claims
     assert "0.0200 ± 0.0100" in text  # MAE of test_acc in the WeightNet table
     nwpa = next(line for line in text.splitlines() if line.startswith("| NWPA |"))
     assert {c.strip() for c in nwpa.strip("| ").split("|")[1:]} <= {"-", "900", "1,000"}

@@ -250,13 +250,13 @@ def _tree_targets(df: pd.DataFrame, trees: Sequence[str], fams: Sequence[str]) -
             out.append(
                 f"- {subset}: router purity (lowest seed) {low:.3f} = 1: {verdict(low >= 1.0)}."
             )
-    if trees:
-        p, d = (param_number(cls, method=m, subset=trees[0]) for m in ("ProbeX", "Dense"))
+    ratios = []
+    for t in trees:
+        p, d = (param_number(cls, method=m, subset=t) for m in ("ProbeX", "Dense"))
         if p is not None and d is not None:
-            out.append(
-                f"- ProbeX {p:,} parameters against Dense's {d:,} (1/{d / p:.0f}): at most "
-                f"1/20: {verdict(20 * p <= d)}."
-            )
+            ratios.append(f"{t} {p:,} against {d:,} (1/{d / p:.0f}): {verdict(20 * p <= d)}")
+    if ratios:
+        out.append("- ProbeX at most 1/20 of Dense's parameters: " + "; ".join(ratios) + ".")
     if not out:
         return []
     return ["### The ProbeX claims, as measured (means over seeds)", "", *out, ""]
