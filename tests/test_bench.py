@@ -485,3 +485,14 @@ def test_a_worker_killed_for_memory_fails_its_run_and_the_bench_goes_on(tiny_zoo
     for key in ("after-0", "after-1"):
         assert "error" not in results[key], results[key].get("error")
         assert 0 <= results[key]["metrics"]["test/acc"] <= 1
+
+
+def test_probex_runs_on_vit_trees_take_the_familys_ranks():
+    # ProbeX on 256 x 256 ViT matrices: ranks 32 keep it under 1/20 of Dense's parameters
+    runs = plan(SUITES["quick"], "Z", "L", TREES, LAYERS)
+    for r in runs:
+        on_vit = "vit_*" in r.args
+        ranked = "--model.init_args.encoder.init_args.rank_u" in r.args
+        probex = r.method in ("ProbeX", "ProbeX experts")
+        assert ranked == (on_vit and probex), (r.key, r.args)
+    assert any("vit_*" in r.args and r.method == "ProbeX experts" for r in runs)

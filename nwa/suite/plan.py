@@ -48,10 +48,13 @@ class Family:
         arch: Architecture glob (``resnet_*``).
         layers: Candidate layers (names or globs), best first; the first that matches a layer of
             the zoo is used.
+        probex: Further overrides of the runs whose encoder is ProbeX (alone or as tree
+            experts), e.g. its ranks for the family's layer sizes.
     """
 
     arch: str
     layers: tuple[str, ...]
+    probex: tuple[str, ...] = ()
 
 
 METHODS: dict[str, Method] = {
@@ -102,7 +105,16 @@ FAMILIES: dict[str, Family] = {
     # The MLP matrices of every block, one ProbeX each, concatenated (vit_wide: one block, two
     # 256 x 256 matrices). On the 64-wide vit_tiny one matrix alone held too little for 70
     # training models per tree, and the best single layers of its two trees differed.
-    "vit": Family("vit_*", ("blocks.*.mlp.fc*.weight",)),
+    # Ranks 32 on these 256 x 256 matrices: with the recipe's 64, ProbeX had 1/15 of Dense's
+    # parameters (about rows x cols / (rank_u x rank_v)); with 32, 1/57 at the same accuracy.
+    "vit": Family(
+        "vit_*",
+        ("blocks.*.mlp.fc*.weight",),
+        probex=(
+            *("--model.init_args.encoder.init_args.rank_u", "32"),
+            *("--model.init_args.encoder.init_args.rank_v", "32"),
+        ),
+    ),
 }
 
 
@@ -202,6 +214,8 @@ def _method_args(
     epochs = suite.max_epochs(epochs_key)
     if epochs is not None and not method.fitted_once:
         args += ["--trainer.max_epochs", str(epochs)]
+    if method.name in ("ProbeX", EXPERTS.name):
+        args += family.probex
     return [*args, *method.extra]
 
 
