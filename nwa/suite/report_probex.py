@@ -17,6 +17,7 @@ from nwa.suite.report_common import (
     cell,
     column_values,
     figure_lines,
+    finite_mean,
     md_table,
     mean_std,
     method_names,
@@ -206,11 +207,6 @@ def _experts_per_tree(out: Path, df: pd.DataFrame, fams: Sequence[str]) -> list[
     ]
 
 
-def _mean_of(df: pd.DataFrame, column: str, **where: object) -> float | None:
-    values = [v for v in column_values(df, column, **where) if v is not None and v == v]
-    return float(np.mean(values)) if values else None
-
-
 def _tree_targets(df: pd.DataFrame, trees: Sequence[str], fams: Sequence[str]) -> list[str]:
     """The ProbeX claims of the per-tree comparison, each with its measured figures and whether
     it holds (means over seeds): ProbeX at least Dense and StatNN + 0.10 on every tree, tree
@@ -222,9 +218,7 @@ def _tree_targets(df: pd.DataFrame, trees: Sequence[str], fams: Sequence[str]) -
         return "met" if ok else "NOT met"
 
     for t in trees:
-        p, d, s = (
-            _mean_of(cls, "acc", method=m, subset=t) for m in ("ProbeX", "Dense", "StatNN-GBT")
-        )
+        p, d, s = (_mean(cls, "acc", method=m, subset=t) for m in ("ProbeX", "Dense", "StatNN-GBT"))
         if p is None:
             continue
         parts = []
@@ -237,7 +231,7 @@ def _tree_targets(df: pd.DataFrame, trees: Sequence[str], fams: Sequence[str]) -
     for fam in fams:
         subset = f"{fam} trees"
         joint, experts = (
-            _mean_of(cls, "acc", method=m, subset=subset) for m in ("ProbeX", "ProbeX experts")
+            _mean(cls, "acc", method=m, subset=subset) for m in ("ProbeX", "ProbeX experts")
         )
         purity = column_values(cls, "router_purity", method="ProbeX experts", subset=subset)
         if joint is not None and experts is not None:
@@ -341,15 +335,15 @@ def align_tables(df: pd.DataFrame) -> list[str]:
 _LAYER_NAMES = {"cross-attn": "cross-attention values", "self-attn": "self-attention values"}
 
 
-def _mean(al: pd.DataFrame, column: str, method: str) -> float | None:
-    """Mean of one aligner's logged values of ``column`` over its seeds (``None``: none)."""
-    values = [v for v in column_values(al, column, method=method) if v is not None]
-    return float(np.mean(values)) if values else None
+def _mean(df: pd.DataFrame, column: str, **where: object) -> float | None:
+    """Mean of the matching runs' finite values of ``column`` over seeds (``None``: none)."""
+    mean = finite_mean(column_values(df, column, **where))
+    return None if np.isnan(mean) else mean
 
 
 def _naming_cells(al: pd.DataFrame, method: str, part: str) -> list[str]:
     """Top-1 with its interval, top-5, and the chance levels of one part of one aligner."""
-    lo, hi = (_mean(al, f"{part}_top1_{b}", method) for b in ("lo", "hi"))
+    lo, hi = (_mean(al, f"{part}_top1_{b}", method=method) for b in ("lo", "hi"))
     interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
     chance = f"{cell(al, f'{part}_chance', method=method)} / "
     chance += cell(al, f"{part}_top5_chance", method=method)
@@ -365,8 +359,8 @@ def _separation(al: pd.DataFrame, methods: list[str]) -> list[str]:
         if probex not in methods or dense not in methods:
             continue
         keys = ("zero_shot_top1", "zero_shot_top1_lo", "zero_shot_top1_hi")
-        p, plo, phi = (_mean(al, k, probex) for k in keys)
-        d, dlo, dhi = (_mean(al, k, dense) for k in keys)
+        p, plo, phi = (_mean(al, k, method=probex) for k in keys)
+        d, dlo, dhi = (_mean(al, k, method=dense) for k in keys)
         if None in (p, plo, phi, d, dlo, dhi):
             continue
         below = p < 1.0 and d < 1.0
