@@ -8,8 +8,11 @@ flat-weights MLP (per-property errors, scatter, histograms, bars, radar, loss cu
 experts against one joint model; zero-shot, kNN and one-class naming of LoRA concepts).
 
 ``--quick`` runs everything on the ``small`` zoo (built on first use, about two minutes) with
-fewer epochs: 5 to 10 minutes on 2 CPU cores. Without it the suite runs on ``default_vision``
-and ``default_lora``. Runs that finished are skipped when the command is rerun (``--force``
+fewer epochs: 5 to 10 minutes on 2 CPU cores. Without it the suite runs on ``default_vision``,
+``default_lora`` and ``default_properties`` and is sized to 2 hours on 2 CPU cores (zoos built
+beforehand): on the 256-wide ResNet trees it runs the training-class task with ProbeX, StatNN
+and PCA (``--methods`` adds Dense, FlatMLP, WeightNet, NWPA: 15-25 s an epoch each there), every
+method on the property zoo, and the archeology section only with ``--tasks archeology``. Runs that finished are skipped when the command is rerun (``--force``
 redoes them), so an interrupted suite resumes; a run finished with another command than the one
 planned now (a layer or recipe changed) is redone. ``--report`` only rewrites the report.
 
@@ -56,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
         "small_mixed with --quick; 'none' skips the section)",
     )
     p.add_argument(
-        "--methods", nargs="+", help="methods of the NWA and WeightNet sections (default all)"
+        "--methods",
+        nargs="+",
+        help="methods of the NWA section on the ResNet trees (default all with --quick; "
+        "ProbeX StatNN-GBT StatNN-MLP PCA in the full suite)",
     )
     p.add_argument(
         "--tree-methods",
@@ -73,8 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         "--tasks",
         nargs="+",
         choices=("classes", "properties", "concept", "archeology"),
-        help="only the runs of these tasks (default all; concept: the LoRA aligners; "
-        "archeology: the mixed-architecture section; the property section runs with properties)",
+        help="only the runs of these tasks (default all but archeology in the full suite, all "
+        "with --quick; concept: the LoRA aligners; archeology: the mixed-architecture section, "
+        "about 80 min for 3 seeds; the property section runs with properties)",
     )
     p.add_argument("--epochs", type=int, help="max_epochs of every gradient-trained run")
     p.add_argument(
@@ -116,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's .ckpt files")
     return p
+
+
+def _skipped(zoo: str | None) -> bool:
+    """``--property-zoo none`` and ``--mixed-zoo none`` skip a section; not given: its default."""
+    return zoo is not None and zoo.lower() == "none"
 
 
 def _zoo_layout(path: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -194,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
 def _bench(args: argparse.Namespace) -> int:
 
     def wanted(task: str) -> bool:
-        return not args.tasks or task in args.tasks
+        if args.tasks:
+            return task in args.tasks
+        return task != "archeology" or suite.archeology
 
     from nwa.dashboard import log_suite
     from nwa.progress import count_bar
@@ -239,13 +253,14 @@ def _bench(args: argparse.Namespace) -> int:
         if vision or lora:
             runs = plan(suite, str(vision or ""), str(lora or ""), trees, layers)
         prop_zoo = None
-        if str(args.property_zoo).lower() != "none" and wanted("properties"):
+        if not _skipped(args.property_zoo) and wanted("properties"):
             methods = args.property_methods or args.methods
             prop_runs, prop_zoo = properties.plan_runs(suite, args.property_zoo, methods)
             runs += prop_runs
-        runs = [r for r in runs if wanted(r.task)]
+        # seed by seed, so that a suite stopped early reports whole seeds of every section
+        runs = sorted((r for r in runs if wanted(r.task)), key=lambda r: r.seed)
         mixed, mixed_runs = None, []
-        if str(args.mixed_zoo).lower() != "none" and wanted("archeology"):
+        if not _skipped(args.mixed_zoo) and wanted("archeology"):
             mixed = zoo_path(args.mixed_zoo or archeology.ZOOS[suite.name])
             epochs = args.epochs or archeology.EPOCHS[suite.name]
             mixed_runs = archeology.plan_runs(str(mixed), suite.seeds, epochs)

@@ -451,6 +451,43 @@ def test_each_task_builds_only_the_zoo_it_reads(tiny_zoo, tmp_path, monkeypatch,
     assert not (tmp_path / "home" / "zoos").exists()
 
 
+def test_the_full_suite_is_sized_to_two_hours(tiny_zoo, tmp_path, monkeypatch, capsys):
+    # before: every method on the 256-wide ResNet trees (WeightNet 25 s an epoch there, Dense
+    # 12 min a run), property regression on the trees and per tree, and the archeology section
+    # (80 min): well over 2 hours on 2 cores
+    from nwa.bench import main
+
+    full = SUITES["full"]
+    runs = plan(full, "Z", "L", TREES, LAYERS)
+    nwa = {r.method for r in runs if r.subset == "resnet trees" and r.method != "ProbeX experts"}
+    assert nwa == {"ProbeX", "StatNN-GBT", "StatNN-MLP", "PCA"}
+    assert {r.task for r in runs} == {"classes", "concept"}
+    per_tree = {(r.method, r.subset) for r in runs if r.subset in TREES}
+    assert per_tree == {(m, t) for m in ("ProbeX", "Dense", "StatNN-GBT") for t in TREES}
+
+    # by default the property section runs (before: skipped unless --property-zoo was given) and
+    # the archeology section only when asked for
+    import nwa.suite.archeology
+    import nwa.suite.properties
+
+    monkeypatch.setenv("NWA_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(nwa.suite.archeology.ZOOS, "full", str(tiny_zoo))
+    asked = []
+
+    def property_runs(suite, zoo, methods):
+        asked.append(zoo)
+        return [RunSpec("properties", "StatNN-GBT", "property zoo", 0, ("--zoo", "P"))], tiny_zoo
+
+    monkeypatch.setattr(nwa.suite.properties, "plan_runs", property_runs)
+    zoos = ["--vision-zoo", str(tiny_zoo), "--lora-zoo", str(tiny_zoo)]
+    assert main([*zoos, "--seeds", "1", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert asked == [None] and "properties-StatNN-GBT-property_zoo-s0" in out
+    assert "nwpa_mixed" not in out
+    assert main(["--tasks", "archeology", "--seeds", "1", "--dry-run"]) == 0
+    assert "nwpa_mixed" in capsys.readouterr().out
+
+
 def test_an_interrupted_bench_says_how_to_resume_in_one_line(tmp_path, monkeypatch, capsys):
     import nwa.zoo.cache
     from nwa.bench import main

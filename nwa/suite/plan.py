@@ -132,6 +132,8 @@ class Suite:
         nwa_methods: Methods of the Neural Weight Archeology and WeightNet sections.
         tree_methods: Methods compared per tree (training classes and properties).
         aligners: The weight-to-text aligners (:data:`ALIGNERS`) of the concept task.
+        vision_tasks: Tasks of the vision zoo's runs (the NWA section and per tree).
+        archeology: Whether the mixed-architecture section runs when ``--tasks`` is not given.
     """
 
     name: str
@@ -142,6 +144,8 @@ class Suite:
     nwa_methods: tuple[str, ...] = tuple(METHODS)
     tree_methods: tuple[str, ...] = ("ProbeX", "Dense", "StatNN-GBT")
     aligners: tuple[str, ...] = tuple(ALIGNERS)
+    vision_tasks: tuple[str, ...] = (CLASSES, PROPERTIES)
+    archeology: bool = True
 
     def max_epochs(self, method: str) -> int | None:
         return self.epochs.get(method, self.epochs.get("default"))
@@ -163,6 +167,15 @@ SUITES: dict[str, Suite] = {
         # short. NWPA reads whole networks now and learns late: on the ResNet trees' classes its
         # validation accuracy was 0.71 at epoch 15 and 1.00 from epoch 33 (its recipe: 40).
         epochs={"default": None, "FlatMLP": 60, "aligner": 200},
+        # Sized to 2 hours on 2 CPU cores (benchmarks/results/bench-full-2026-12-04/notes.md).
+        # On the 256-wide ResNets an epoch of WeightNet, NWPA or FlatMLP over 280 models costs
+        # 15-25 s, and Dense 12 min a run: those run with --methods (and Dense per tree below).
+        # Property regression is the property zoo's section: on these trees every fine-tune
+        # converges and the labels hardly vary. The archeology section (about 80 min for 3
+        # seeds) runs with --tasks archeology.
+        nwa_methods=("ProbeX", "StatNN-GBT", "StatNN-MLP", "PCA"),
+        vision_tasks=(CLASSES,),
+        archeology=False,
     ),
 }
 
@@ -259,7 +272,7 @@ def plan(
                 "--data.init_args.trees",
                 '["vision-*"]',
             ]
-            for task in (CLASSES, PROPERTIES):
+            for task in suite.vision_tasks:
                 for name in suite.nwa_methods:
                     m = METHODS[name]
                     args = _method_args(suite, m, resnet, layers["resnet"], name)
@@ -267,7 +280,7 @@ def plan(
             for tree in trees:
                 fam = family_of(tree)
                 subset = ["--data.init_args.zoo", vision_zoo, "--data.init_args.trees", f"[{tree}]"]
-                for task in (CLASSES, PROPERTIES):
+                for task in suite.vision_tasks:
                     for name in suite.tree_methods:
                         args = _method_args(suite, METHODS[name], FAMILIES[fam], layers[fam], name)
                         add(task, name, tree, seed, [*args, *_task_args(task), *subset])

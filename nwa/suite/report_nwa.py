@@ -90,6 +90,12 @@ def nwa_section(out: Path, df: pd.DataFrame, figs: Path) -> list[str]:
             md_table(["method", "R²", "MSE", "MAE", *(f"R² {p}" for p in PROPERTY_NAMES)], rows),
             "",
         ]
+    elif not cls.empty:
+        lines += [
+            "No property regression on the ResNet trees in this suite (their fine-tunes all "
+            "converge, so the labels hardly vary): see the property zoo's section.",
+            "",
+        ]
     lines += figure_lines(
         [
             figures.embeddings(
