@@ -1,11 +1,13 @@
 """``python -m nwa.bench [--quick] [--out DIR]``: every metanetwork on the default zoos over
 several seeds, and a report (Markdown + PNG) of the seed papers' tables and figures.
 
-Sections: Neural Weight Archeology (training classes and properties of the ResNet trees, by every
-method; 2-D maps of the learned representations; training curves), WeightNet against the
-flat-weights MLP (per-property errors, scatter, histograms, bars, radar, loss curves) and ProbeX
+Sections: Neural Weight Archeology (training classes, and with ``--quick`` properties, of the
+ResNet trees; 2-D maps of the learned representations; training curves), WeightNet against the
+flat-weights MLP (per-property errors, scatter, histograms, bars, radar, loss curves), ProbeX
 (per tree against Dense and StatNN with parameter counts; within a tree against the forest; tree
-experts against one joint model; zero-shot, kNN and one-class naming of LoRA concepts).
+experts against one joint model; zero-shot, kNN and one-class naming of LoRA concepts), the
+property zoo (test-accuracy R² and Kendall's tau of every method against the zoo's noise
+ceiling) and, on request, archeology across architectures.
 
 ``--quick`` runs everything on the ``small`` zoo (built on first use, about two minutes) with
 fewer epochs: 5 to 10 minutes on 2 CPU cores. Without it the suite runs on ``default_vision``,
