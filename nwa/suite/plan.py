@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -254,63 +254,63 @@ def plan(
         trees: The vision zoo's pretrained trees (``vision-*``).
         layers: Tensor names of one model per family present in the zoo.
     """
-    runs: list[RunSpec] = []
+    each = [
+        *(_vision_runs(suite, vision_zoo, trees, layers) if vision_zoo else ()),
+        *(_aligner_runs(suite, lora_zoo) if lora_zoo else ()),
+    ]
+    # --seed_everything after the configs: a later --config would reset it to the recipe's
+    return [
+        RunSpec(task, name, subset, seed, (*args, "--seed_everything", str(seed)))
+        for seed in suite.seeds
+        for task, name, subset, args in each
+    ]
 
-    def add(task: str, name: str, subset: str, seed: int, args: list[str]) -> None:
-        # after the configs: a later --config would reset seed_everything to the recipe's
-        runs.append(RunSpec(task, name, subset, seed, (*args, "--seed_everything", str(seed))))
+
+Planned = tuple[str, str, str, list[str]]  # task, method, subset, nwa.fit arguments
+
+
+def _vision_runs(
+    suite: Suite, zoo: str, trees: Sequence[str], layers: dict[str, Sequence[str]]
+) -> Iterator[Planned]:
+    """One seed's runs on the vision zoo: the NWA section on the ResNet trees, each method per
+    tree, ProbeX on the forest, and per family one joint ProbeX against the tree experts."""
+
+    def on(pattern: str) -> list[str]:
+        return ["--data.init_args.zoo", zoo, "--data.init_args.trees", pattern]
 
     def family_of(tree: str) -> str:
         return next(f for f in FAMILIES if f in tree)
 
-    for seed in suite.seeds:
-        if vision_zoo:
-            resnet = FAMILIES["resnet"]
-            on_resnet = [
-                "--data.init_args.zoo",
-                vision_zoo,
-                "--data.init_args.trees",
-                '["vision-*"]',
-            ]
-            for task in suite.vision_tasks:
-                for name in suite.nwa_methods:
-                    m = METHODS[name]
-                    args = _method_args(suite, m, resnet, layers["resnet"], name)
-                    add(task, name, "resnet trees", seed, [*args, *_task_args(task), *on_resnet])
-            for tree in trees:
-                fam = family_of(tree)
-                subset = ["--data.init_args.zoo", vision_zoo, "--data.init_args.trees", f"[{tree}]"]
-                for task in suite.vision_tasks:
-                    for name in suite.tree_methods:
-                        args = _method_args(suite, METHODS[name], FAMILIES[fam], layers[fam], name)
-                        add(task, name, tree, seed, [*args, *_task_args(task), *subset])
-            forest = ["--data.init_args.zoo", vision_zoo, "--data.init_args.trees", '["forest-*"]']
-            probex = METHODS["ProbeX"]
-            args = _method_args(suite, probex, resnet, layers["resnet"], "ProbeX")
-            add(CLASSES, "ProbeX", "forest", seed, [*args, *_task_args(CLASSES), *forest])
-            for fam in sorted({family_of(t) for t in trees}):
-                family = [
-                    "--data.init_args.zoo",
-                    vision_zoo,
-                    "--data.init_args.trees",
-                    '["vision-*"]',
-                ]
-                for m in (probex, EXPERTS):
-                    if m is probex and fam == "resnet" and "ProbeX" in suite.nwa_methods:
-                        continue  # the NWA section's ProbeX run on the ResNet trees is this run
-                    args = _method_args(suite, m, FAMILIES[fam], layers[fam], "ProbeX")
-                    add(
-                        CLASSES,
-                        m.name,
-                        f"{fam} trees",
-                        seed,
-                        [*args, *_task_args(CLASSES), *family],
-                    )
-        for name in suite.aligners if lora_zoo else ():
-            extra = ALIGNERS[name]
-            args = ["--config", str(CONFIGS / "probex_sd.yaml"), "--data.init_args.zoo", lora_zoo]
-            epochs = suite.max_epochs("aligner")
-            if epochs is not None:
-                args += ["--trainer.max_epochs", str(epochs)]
-            add(CONCEPT, name, "lora", seed, [*args, *extra])
-    return runs
+    resnet, probex = FAMILIES["resnet"], METHODS["ProbeX"]
+    for task in suite.vision_tasks:
+        for name in suite.nwa_methods:
+            args = _method_args(suite, METHODS[name], resnet, layers["resnet"], name)
+            yield task, name, "resnet trees", [*args, *_task_args(task), *on('["vision-*"]')]
+    for tree in trees:
+        fam = FAMILIES[family_of(tree)]
+        for task in suite.vision_tasks:
+            for name in suite.tree_methods:
+                args = _method_args(suite, METHODS[name], fam, layers[family_of(tree)], name)
+                yield task, name, tree, [*args, *_task_args(task), *on(f"[{tree}]")]
+    args = _method_args(suite, probex, resnet, layers["resnet"], "ProbeX")
+    yield CLASSES, "ProbeX", "forest", [*args, *_task_args(CLASSES), *on('["forest-*"]')]
+    for fam in sorted({family_of(t) for t in trees}):
+        for m in (probex, EXPERTS):
+            if m is probex and fam == "resnet" and "ProbeX" in suite.nwa_methods:
+                continue  # the NWA section's ProbeX run on the ResNet trees is this run
+            args = _method_args(suite, m, FAMILIES[fam], layers[fam], "ProbeX")
+            yield (
+                CLASSES,
+                m.name,
+                f"{fam} trees",
+                [*args, *_task_args(CLASSES), *on('["vision-*"]')],
+            )
+
+
+def _aligner_runs(suite: Suite, zoo: str) -> Iterator[Planned]:
+    epochs = suite.max_epochs("aligner")
+    for name in suite.aligners:
+        args = ["--config", str(CONFIGS / "probex_sd.yaml"), "--data.init_args.zoo", zoo]
+        if epochs is not None:
+            args += ["--trainer.max_epochs", str(epochs)]
+        yield CONCEPT, name, "lora", [*args, *ALIGNERS[name]]
