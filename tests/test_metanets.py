@@ -245,3 +245,23 @@ def test_chain_encoders_reject_wrong_chains():
         deeper = _chain_batch(conv_chain, torch.Generator().manual_seed(0))
         with pytest.raises(ValueError, match="depth 2"):
             enc(deeper)
+
+
+def test_gradient_modules_train_with_fused_adam():
+    # before: the per-tensor Adam, whose step-sized temporaries made a step on Dense's 75 M
+    # weights 2.3x as long (benchmarks/adam_step.py)
+    from functools import partial
+
+    from nwa.lit import WeightModule
+    from nwa.tasks import Targets
+    from nwa.weights.spec import WeightShapes
+
+    module = WeightModule(
+        partial(Dense, dim=4),
+        shapes=WeightShapes({"w": (4, 8)}),
+        targets=Targets("multilabel", ("a", "b")),
+        lr=0.01,
+    )
+    opt = module.configure_optimizers()
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["fused"] is True
+    assert opt.defaults["lr"] == 0.01

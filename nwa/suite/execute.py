@@ -14,6 +14,7 @@ recipe files have changed content since it ran.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -330,7 +331,21 @@ def _worker_init(threads: int) -> None:
 def _execute_in_worker(
     spec: RunSpec, folder: Path, keep: bool, board: Dashboard | None
 ) -> dict[str, Any]:
-    return execute(spec, folder, keep, board)
+    try:
+        return execute(spec, folder, keep, board)
+    finally:
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """Give the heap a finished run freed back to the system: glibc keeps it otherwise, and a
+    worker that had run PCA and Dense on the 256-wide trees held 9.7 GB between runs."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def run_all(
