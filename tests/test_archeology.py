@@ -49,7 +49,7 @@ def test_the_section_runs_every_method(tiny_mixed_zoo, tmp_path):
     report = tmp_path / "report.md"
     assert archeology.append_section(report, tmp_path, runs, "tiny_mixed") == 0
     text = report.read_text()
-    assert "## Neural Weight Archeology across architectures" in text
+    assert "## 5. Neural Weight Archeology across architectures" in text
     df = archeology.load_section(tmp_path, runs)
     for label in archeology.CLASS_LABELS:
         for method in archeology.METHODS:

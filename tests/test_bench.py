@@ -533,3 +533,26 @@ def test_probex_runs_on_vit_trees_take_the_familys_ranks():
         probex = r.method in ("ProbeX", "ProbeX experts")
         assert ranked == (on_vit and probex), (r.key, r.args)
     assert any("vit_*" in r.args and r.method == "ProbeX experts" for r in runs)
+
+
+def test_weightnet_section_reads_the_property_zoo_when_the_trees_have_no_property_runs(tmp_path):
+    # the full suite runs no property regression on the ResNet trees: before, section 2 was
+    # then a table of dashes
+    import pandas as pd
+
+    from nwa.suite.properties import SUBSET
+    from nwa.suite.report_weightnet import weightnet_section
+
+    rows = [
+        {"task": "properties", "method": m, "subset": SUBSET, "seed": s, "status": "done"}
+        | {"key": f"{m}-{s}", "mae_test_acc": mae + s / 100, "rmse_test_acc": 0.1}
+        | {"r2_test_acc": 0.7, "mae": mae, "rmse": 0.1, "r2": 0.7}
+        for m, mae in (("WeightNet", 0.05), ("FlatMLP", 0.2))
+        for s in (0, 1)
+    ]
+    rows.append({"task": "classes", "method": "WeightNet", "subset": "resnet trees"})
+    lines = weightnet_section(tmp_path, pd.DataFrame(rows), tmp_path)
+    text = "\n".join(lines)
+    assert "(property regression, property zoo)" in lines[0]
+    assert "| test_acc | WeightNet | 0.0550 ± 0.0071 |" in re.sub(" +", " ", text)
+    assert "gen_gap" not in text  # only the property the zoo's runs predict

@@ -256,7 +256,7 @@ def section(out: Path, runs: Sequence[RunSpec], zoo: str) -> str:
 
     df = load_section(out, runs)
     done = df[df["status"] == "done"]
-    lines = ["## Neural Weight Archeology across architectures", ""]
+    lines = ["## 5. Neural Weight Archeology across architectures", ""]
     lines += [
         f"Zoo `{zoo}`: MLPs, CNNs, ResNets and ViTs trained from scratch with SGD or Adam on "
         "sampled data sizes and lengths; every method predicts the family, the optimizer, "

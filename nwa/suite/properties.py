@@ -180,7 +180,7 @@ def section(out: Path, df: pd.DataFrame, figs: Path | None = None) -> list[str]:
         return []
     checks = _checks(out)
     lines = [
-        "## Test-accuracy prediction on the property zoo (small CNNs, Small-CNN-Zoo regime)",
+        "## 4. Test-accuracy prediction on the property zoo (small CNNs, Small-CNN-Zoo regime)",
         "",
     ]
     if checks:
