@@ -13,9 +13,9 @@ ceiling) and, on request, archeology across architectures.
 fewer epochs: 5 to 10 minutes on 2 CPU cores. Without it the suite runs on ``default_vision``,
 ``default_lora`` and ``default_properties`` and is sized to 2 hours on 2 CPU cores (zoos built
 beforehand): on the 256-wide ResNet trees it runs the training-class task with ProbeX, StatNN
-and PCA (``--methods`` adds Dense, FlatMLP, WeightNet, NWPA: 15-25 s an epoch each there), every
-method on the property zoo, and the archeology section only with ``--tasks archeology``. Runs that finished are skipped when the command is rerun (``--force``
-redoes them), so an interrupted suite resumes; a run finished with another command than the one
+and PCA (``--methods`` adds Dense, FlatMLP, WeightNet, NWPA, each far slower there), every
+method on the property zoo, and the archeology section only with ``--tasks archeology``. Runs
+that finished are skipped when the command is rerun (``--force`` redoes them), so an interrupted suite resumes; a run finished with another command than the one
 planned now (a layer or recipe changed) is redone. ``--report`` only rewrites the report.
 
 Every run logs to CSV and to W&B (offline unless logged in; ``wandb sync <out>/runs/*/wandb/*``

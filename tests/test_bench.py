@@ -452,8 +452,8 @@ def test_each_task_builds_only_the_zoo_it_reads(tiny_zoo, tmp_path, monkeypatch,
 
 
 def test_the_full_suite_is_sized_to_two_hours(tiny_zoo, tmp_path, monkeypatch, capsys):
-    # before: every method on the 256-wide ResNet trees (WeightNet 25 s an epoch there, Dense
-    # 12 min a run), property regression on the trees and per tree, and the archeology section
+    # before: every method on the 256-wide ResNet trees (NWPA alone more than 8 min for 2
+    # epochs there), property regression on the trees and per tree, and the archeology section
     # (80 min): well over 2 hours on 2 cores
     from nwa.bench import main
 

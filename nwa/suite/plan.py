@@ -168,8 +168,9 @@ SUITES: dict[str, Suite] = {
         # validation accuracy was 0.71 at epoch 15 and 1.00 from epoch 33 (its recipe: 40).
         epochs={"default": None, "FlatMLP": 60, "aligner": 200},
         # Sized to 2 hours on 2 CPU cores (benchmarks/results/bench-full-2026-12-04/notes.md).
-        # On the 256-wide ResNets an epoch of WeightNet, NWPA or FlatMLP over 280 models costs
-        # 15-25 s, and Dense 12 min a run: those run with --methods (and Dense per tree below).
+        # On the 256-wide ResNets 2 epochs over 280 models took FlatMLP 53 s and WeightNet 72 s
+        # with start-up, and NWPA more than 8 min: those run with --methods (Dense runs per tree
+        # below).
         # Property regression is the property zoo's section: on these trees every fine-tune
         # converges and the labels hardly vary. The archeology section (about 80 min for 3
         # seeds) runs with --tasks archeology.
@@ -287,10 +288,10 @@ def _vision_runs(
             args = _method_args(suite, METHODS[name], resnet, layers["resnet"], name)
             yield task, name, "resnet trees", [*args, *_task_args(task), *on('["vision-*"]')]
     for tree in trees:
-        fam = FAMILIES[family_of(tree)]
+        fam = family_of(tree)
         for task in suite.vision_tasks:
             for name in suite.tree_methods:
-                args = _method_args(suite, METHODS[name], fam, layers[family_of(tree)], name)
+                args = _method_args(suite, METHODS[name], FAMILIES[fam], layers[fam], name)
                 yield task, name, tree, [*args, *_task_args(task), *on(f"[{tree}]")]
     args = _method_args(suite, probex, resnet, layers["resnet"], "ProbeX")
     yield CLASSES, "ProbeX", "forest", [*args, *_task_args(CLASSES), *on('["forest-*"]')]
